@@ -1,0 +1,90 @@
+"""Out-of-process evaluation of a handed-off model: the number that counts.
+
+    python -m kit.evaluate --profile cpu --model RUN_DIR/model.pt2
+
+Owns: loading the exported graph in a fresh process, refusing graphs that keep state between
+calls, the causality probe (changing later tokens, or other rows of the batch, must not change a
+row's earlier logits), and calling prepare.evaluate_bpb, which feeds input tokens only and
+computes the loss from the logits itself. Prints one JSON line: {"val_bpb": .., "status": .., "reason": ..}.
+Does not own: running train.py or the sandbox (kit/harness.py starts this module inside one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def load_program(path: Path):
+    """The exported program, or ValueError when it mutates buffers (state could leak between calls)."""
+    program = torch.export.load(str(path))
+    signature = program.graph_signature
+    mutated = list(signature.buffers_to_mutate) + list(getattr(signature, "user_inputs_to_mutate", {}))
+    if mutated:
+        raise ValueError(f"the model mutates state during its forward pass ({', '.join(map(str, mutated[:3]))})")
+    return program
+
+
+def causality_violation(forward, example: torch.Tensor, vocab_size: int, seed: int = 0) -> str | None:
+    """Why forward is not causal and row-independent, or None when the probe finds nothing.
+
+    Row 0's logits up to position k must not change when tokens after k, or any other row, change.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rows, T = example.shape
+    x = torch.randint(0, vocab_size, (rows, T), generator=generator).to(example.device)
+    reference = forward(x).float()
+    scale = reference.abs().max().item() + 1e-6
+    tolerance = (1e-3 if reference.dtype == torch.float32 and x.device.type == "cpu" else 2e-2) * scale
+    for k in sorted({0, T // 4, T // 2, T - 2}):
+        changed = x.clone()
+        changed[0, k + 1:] = torch.randint(0, vocab_size, (T - k - 1,), generator=generator).to(x.device)
+        if rows > 1:
+            changed[1:] = torch.randint(0, vocab_size, (rows - 1, T), generator=generator).to(x.device)
+        diff = (forward(changed).float()[0, :k + 1] - reference[0, :k + 1]).abs().max().item()
+        if diff > tolerance:
+            return (f"non-causal model: changing tokens after position {k} (or other rows) changed "
+                    f"earlier logits by {diff:.3g}")
+    return None
+
+
+def evaluate(model_path: Path, profile_name: str) -> dict:
+    import prepare
+
+    profile = prepare.get_profile(profile_name)
+    device = prepare.get_device()
+    try:
+        program = load_program(model_path)
+    except ValueError as error:
+        return {"status": "tampered", "val_bpb": None, "reason": str(error)}
+    module = program.module()
+    example = prepare.eval_example(profile, device)
+    with torch.no_grad():
+        violation = causality_violation(module, example, profile.vocab_size)
+        if violation:
+            return {"status": "tampered", "val_bpb": None, "reason": violation}
+        val_bpb = prepare.evaluate_bpb(module, profile, device)
+    if not val_bpb == val_bpb or val_bpb in (float("inf"), float("-inf")):
+        return {"status": "crash", "val_bpb": None, "reason": f"val_bpb is {val_bpb}: the model's logits are not finite"}
+    return {"status": "ok", "val_bpb": val_bpb, "reason": ""}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Evaluate a handed-off model (prints one JSON line).")
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--model", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(args.model, args.profile)
+    except Exception as error:  # any failure is a record with a reason, never a silent number
+        result = {"status": "crash", "val_bpb": None, "reason": f"evaluation failed: {type(error).__name__}: {error}"}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

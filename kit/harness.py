@@ -1,0 +1,315 @@
+"""Run one experiment of a train.py and return a RunResult whose val_bpb train.py could not fake.
+
+Owns: the run directory, the static gate before anything runs, the sandboxed training process
+under a hard wall clock (budget + the profile's grace, the whole process tree killed), the live
+progress stream (with an optional monitor that may stop the run: status `pruned`), integrity
+hashes of the frozen files before and after, and the out-of-process evaluation (kit/evaluate.py)
+whose val_bpb is the only one reported. Every outcome, failures included, becomes a RunResult
+with a reason, written to RUN_DIR/result.json, with the trusted summary block in RUN_DIR/run.log.
+Does not own: deciding what to run (kit/loop.py) or how a curve is forecast (kit/predictor.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from kit import gate, sandbox
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOG_LIMIT_BYTES = 50 << 20  # a flood of output is cut here; the process still runs to its limit
+
+
+class Status(str, enum.Enum):
+    OK = "ok"
+    PRUNED = "pruned"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"
+    TAMPERED = "tampered"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: Status
+    val_bpb: float | None
+    reason: str
+    training_seconds: float
+    total_seconds: float
+    peak_mem_mb: float | None
+    num_steps: int
+    curve: tuple[tuple[float, float], ...]
+    fingerprint: dict
+    seed: int
+    run_dir: str
+    timings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        record = asdict(self)
+        record["status"] = self.status.value
+        record["curve"] = [list(point) for point in self.curve]
+        return record
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    profile: str = "cpu"
+    """Profile of prepare.py: smoke, cpu or gpu."""
+    budget: float | None = None
+    """Training seconds; None takes the profile's."""
+    grace: float | None = None
+    """Seconds allowed on top of the budget for start-up, hand-off and evaluation; None takes the profile's."""
+    seed: int | None = None
+    """Seed passed to the frozen side; None takes the profile's."""
+    sandbox: str = "auto"
+    """Sandbox backend: auto, bwrap, unshare or none."""
+    run_gate: bool = True
+    """Apply the static gate first. Only tests of the deeper defenses turn it off."""
+
+
+Monitor = Callable[[list[tuple[float, float]]], "str | None"]
+"""Called with the curve so far after each progress line; a returned reason stops the run as pruned."""
+
+
+def _summary_value(lines: list[str], key: str) -> float | None:
+    """A value from train.py's own summary block (informational only: never val_bpb)."""
+    for line in reversed(lines):
+        if line.startswith(f"{key}:"):
+            try:
+                return float(line.split(":", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
+def _crash_reason(lines: list[str], returncode: int | None) -> str:
+    """The last exception line of a traceback, else the exit status."""
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception|Exit|Interrupt)\b", line.strip()):
+            return line.strip()[:500]
+    if returncode is not None and returncode < 0:
+        return f"killed by signal {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
+
+
+class _Process:
+    """A child in its own session whose output lines arrive on a queue; killed as a group."""
+
+    def __init__(self, argv: list[str], *, env: dict, cwd: Path, spec: sandbox.SandboxSpec, log_path: Path):
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=sandbox.limit_resources(spec))
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        written = 0
+        for raw in self.proc.stdout:
+            if written < LOG_LIMIT_BYTES:
+                self.log.write(raw)
+                written += len(raw)
+            self.lines.put(raw.decode("utf-8", errors="replace").rstrip("\n"))
+        self.lines.put(None)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        self.proc.wait()
+        self.reader.join(timeout=5)
+        self.log.close()
+
+
+def _env(profile: str, budget: float, seed: int, run_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    import prepare
+
+    tmp = run_dir / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return sandbox.base_env({
+        "PYTHONPATH": str(REPO_ROOT),
+        "AUTORESEARCH_PROFILE": profile,
+        "AUTORESEARCH_BUDGET": repr(budget),
+        "AUTORESEARCH_SEED": str(seed),
+        "AUTORESEARCH_DATA": str(prepare.data_dir(prepare.get_profile(profile)).parent),
+        "TMPDIR": str(tmp),
+        **extra,
+    })
+
+
+def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessConfig(),
+                   monitor: Monitor | None = None) -> RunResult:
+    """Gate, run, watch and evaluate one train.py source in run_dir; always returns a recorded result."""
+    import prepare
+
+    started = time.monotonic()
+    profile = prepare.get_profile(config.profile)
+    budget = float(config.budget if config.budget is not None else profile.time_budget)
+    grace = float(config.grace if config.grace is not None else profile.grace)
+    seed = int(config.seed if config.seed is not None else profile.seed)
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "train.py").write_text(source)
+    device = prepare.get_device()
+    fingerprint = prepare.fingerprint(profile, budget, device)
+    timings: dict[str, float] = {}
+    curve: list[tuple[float, float]] = []
+    lines: list[str] = []
+
+    def finish(status: Status, reason: str, val_bpb: float | None = None) -> RunResult:
+        result = RunResult(
+            status=status, val_bpb=val_bpb, reason=reason,
+            training_seconds=curve[-1][0] if curve else 0.0,
+            total_seconds=round(time.monotonic() - started, 3),
+            peak_mem_mb=_summary_value(lines, "peak_mem_mb"),
+            num_steps=int(_summary_value(lines, "num_steps") or len(curve)),
+            curve=tuple(curve), fingerprint=fingerprint, seed=seed, run_dir=str(run_dir),
+            timings={k: round(v, 3) for k, v in timings.items()})
+        _record(result)
+        return result
+
+    if config.run_gate:
+        verdict = gate.check_source(source)
+        if not verdict.ok:
+            return finish(Status.REJECTED, verdict.summary())
+
+    backend = sandbox.resolve_backend(config.sandbox)
+    data = prepare.data_dir(profile)
+    frozen = prepare.frozen_paths(profile) + sorted((REPO_ROOT / "kit").glob("*.py"))
+    before = gate.hash_files(frozen)
+    handoff = run_dir / "model.pt2"
+    handoff.unlink(missing_ok=True)
+    extra = {"AUTORESEARCH_HANDOFF": str(handoff)}
+    if device == "cuda":  # compiled kernels are reused across runs; a cold compile costs a minute
+        cache = data.parent / "inductor-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        extra["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+    memory = profile.memory_limit_mb if device == "cpu" else 0
+    writable = (run_dir,) + ((Path(extra["TORCHINDUCTOR_CACHE_DIR"]),) if device == "cuda" else ())
+    train_spec = sandbox.SandboxSpec(writable=writable, hidden=(data / "val",), memory_limit_mb=memory)
+    argv = sandbox.wrap([sys.executable, "-P", str(run_dir / "train.py")], train_spec, backend)
+    deadline = started + budget + grace
+
+    # Training: stream progress, enforce the wall clock, let the monitor prune.
+    process = _Process(argv, env=_env(profile.name, budget, seed, run_dir, extra), cwd=run_dir,
+                       spec=train_spec, log_path=run_dir / "train.log")
+    try:
+        outcome = _watch(process, deadline, monitor, curve, lines, timings, started)
+        if outcome is None:
+            try:  # stdout closed: give the process until the deadline to exit
+                process.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                outcome = (Status.TIMEOUT, f"killed at the hard wall clock: {budget:.0f} s budget + {grace:.0f} s grace")
+    finally:
+        process.kill()  # the whole session: nothing train.py started outlives it
+        process.close()
+    timings["training_process"] = time.monotonic() - started
+
+    changed = gate.changed_files(before, gate.hash_files(frozen))
+    if changed:
+        return finish(Status.TAMPERED, f"frozen files changed during the run: {', '.join(changed)}")
+    if outcome:
+        return finish(*outcome)
+    if process.proc.returncode != 0:
+        return finish(Status.CRASH, _crash_reason(lines, process.proc.returncode))
+    if not handoff.exists():
+        return finish(Status.CRASH, "train.py ended without handing off its model: call prepare.hand_off(model)")
+
+    # Evaluation: frozen code in a fresh sandboxed process that sees the validation split, writes nothing.
+    eval_tmp = run_dir / "tmp"
+    eval_spec = sandbox.SandboxSpec(writable=(eval_tmp,), memory_limit_mb=memory)
+    eval_argv = sandbox.wrap([sys.executable, "-P", "-m", "kit.evaluate", "--profile", profile.name,
+                              "--model", str(handoff)], eval_spec, backend)
+    eval_started = time.monotonic()
+    try:
+        evaluated = subprocess.run(eval_argv, cwd=REPO_ROOT, env=_env(profile.name, budget, seed, run_dir, {}),
+                                   capture_output=True, text=True, start_new_session=True,
+                                   timeout=max(1.0, deadline - time.monotonic()),
+                                   preexec_fn=sandbox.limit_resources(eval_spec))
+    except subprocess.TimeoutExpired:
+        return finish(Status.TIMEOUT, f"evaluation passed the hard wall clock ({budget:.0f} s + {grace:.0f} s)")
+    finally:
+        timings["evaluation"] = time.monotonic() - eval_started
+    verdict = _last_json(evaluated.stdout)
+    if verdict is None:
+        tail = (evaluated.stderr or evaluated.stdout).strip().splitlines()[-1:] or ["no output"]
+        return finish(Status.CRASH, f"evaluator failed: {tail[0][:300]}")
+    changed = gate.changed_files(before, gate.hash_files(frozen))
+    if changed:
+        return finish(Status.TAMPERED, f"frozen files changed during evaluation: {', '.join(changed)}")
+    return finish(Status(verdict["status"]), verdict.get("reason", ""), verdict.get("val_bpb"))
+
+
+def _watch(process: _Process, deadline: float, monitor: Monitor | None, curve: list, lines: list,
+           timings: dict, started: float) -> tuple[Status, str] | None:
+    """Read output until it ends; a (status, reason) when the clock or the monitor stops the run."""
+    import prepare
+
+    while True:
+        try:
+            line = process.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            line = ""
+        if time.monotonic() > deadline:
+            return Status.TIMEOUT, f"killed at the hard wall clock (budget + grace passed {deadline - started:.0f} s)"
+        if line is None:
+            return None
+        if len(lines) < 10_000:
+            lines.append(line)
+        elif not line.startswith(prepare.PROGRESS_PREFIX):
+            lines[-1] = line  # keep the tail of a flood, which holds the traceback
+        if line.startswith(prepare.PROGRESS_PREFIX) and (point := _parse_progress(line)) is not None:
+            timings.setdefault("first_progress", time.monotonic() - started)
+            curve.append(point)
+            reason = monitor(curve) if monitor else None
+            if reason:
+                return Status.PRUNED, reason
+
+
+def _parse_progress(line: str) -> tuple[float, float] | None:
+    try:
+        record = json.loads(line[len("@progress "):])
+        return float(record["t"]), float(record["loss"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _last_json(text: str) -> dict | None:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "status" in record:
+            return record
+    return None
+
+
+def _record(result: RunResult) -> None:
+    """result.json (everything) and run.log (autoresearch's summary block, from trusted values only)."""
+    run_dir = Path(result.run_dir)
+    tmp = run_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(result.to_json(), indent=1))
+    tmp.rename(run_dir / "result.json")
+    rows = {"status": result.status.value, "val_bpb": result.val_bpb, "training_seconds": result.training_seconds,
+            "total_seconds": result.total_seconds, "peak_mem_mb": result.peak_mem_mb, "num_steps": result.num_steps,
+            "reason": result.reason or None}
+    width = max(len(k) for k in rows) + 1
+    body = "".join(f"{k + ':':<{width}} {v:.6f}\n" if isinstance(v, float) else f"{k + ':':<{width}} {v}\n"
+                   for k, v in rows.items() if v is not None)
+    (run_dir / "run.log").write_text("---\n" + body)

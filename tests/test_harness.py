@@ -1,0 +1,109 @@
+"""The harness end to end on the smoke profile: a real train.py, a real sandbox, a real evaluator."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from kit.harness import HarnessConfig, Status, run_experiment
+
+from .conftest import REPO, TRAIN_PY
+
+SMOKE = HarnessConfig(profile="smoke")
+
+
+def _kit(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "kit", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_baseline_runs_ok_with_a_finite_val_bpb(smoke_data, baseline_source, tmp_path):
+    result = run_experiment(baseline_source, tmp_path / "run", SMOKE)
+    assert result.status is Status.OK, result.reason
+    assert math.isfinite(result.val_bpb) and 0.2 < result.val_bpb < 8.0
+    assert result.num_steps == len(result.curve) > 5
+    assert result.curve[-1][0] >= 4.0  # trained for its whole budget
+    assert result.curve[-1][1] < result.curve[0][1]  # and learned something
+    assert set(result.fingerprint) == {"profile", "budget", "prepare_sha256", "data_sha256", "torch", "device"}
+    recorded = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert recorded["status"] == "ok" and recorded["val_bpb"] == result.val_bpb
+    log = (tmp_path / "run" / "run.log").read_text().splitlines()
+    assert log[0] == "---" and f"val_bpb:          {result.val_bpb:.6f}" in log
+
+
+@pytest.mark.slow
+def test_cli_experiment_json_is_the_last_line(smoke_data, tmp_path):
+    done = _kit("experiment", str(TRAIN_PY), "--profile", "smoke", "--json", "--run-dir", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["status"] == "ok" and record["val_bpb"] > 0
+    for key in ("reason", "training_seconds", "total_seconds", "peak_mem_mb", "num_steps", "curve", "fingerprint"):
+        assert key in record
+    assert all(len(point) == 2 for point in record["curve"])
+
+
+def test_a_crash_becomes_a_record_with_its_exception(smoke_data, baseline_source, tmp_path):
+    source = baseline_source.replace("t_start = time.time()", "t_start = time.time()\nraise KeyError('no such layer')")
+    result = run_experiment(source, tmp_path / "run", SMOKE)
+    assert result.status is Status.CRASH
+    assert result.reason == "KeyError: 'no such layer'"
+    assert result.val_bpb is None
+    assert "Traceback" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_nan_loss_fails_fast(smoke_data, baseline_source, tmp_path):
+    source = baseline_source.replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 1e30 ").replace(
+        "EMBED_LR = 0.3 ", "EMBED_LR = 1e30")
+    result = run_experiment(source, tmp_path / "run", HarnessConfig(profile="smoke", run_gate=False))
+    assert result.status is Status.CRASH
+    assert result.reason.startswith("FloatingPointError: loss is nan")
+
+
+def test_monitor_prunes_a_running_experiment(smoke_data, baseline_source, tmp_path):
+    seen = []
+
+    def monitor(curve):
+        seen.append(len(curve))
+        return "forecast worse than the incumbent" if len(curve) >= 3 else None
+
+    result = run_experiment(baseline_source, tmp_path / "run", SMOKE, monitor=monitor)
+    assert result.status is Status.PRUNED
+    assert result.reason == "forecast worse than the incumbent"
+    assert len(result.curve) == 3 and seen == [1, 2, 3]
+    assert result.total_seconds < 30
+
+
+def test_model_not_handed_off_is_a_crash(smoke_data, baseline_source, tmp_path):
+    source = baseline_source.replace("val_bpb = hand_off(model)", "val_bpb = 0.5")
+    result = run_experiment(source, tmp_path / "run", HarnessConfig(profile="smoke", budget=1.0))
+    assert result.status is Status.CRASH
+    assert "hand_off" in result.reason
+
+
+@pytest.mark.parametrize("args, message", [
+    (["experiment", "no/such/train.py", "--profile", "smoke"], "not found: give the path of a train.py"),
+    (["experiment", "EMPTY", "--profile", "smoke"], "is empty"),
+    (["experiment", "--profile", "huge"], "invalid choice: 'huge'"),
+    (["experiment", "--profile", "smoke", "--budget", "-3"], "positive number of seconds"),
+])
+def test_bad_input_gets_one_line_and_exit_2(args, message, tmp_path):
+    empty = tmp_path / "train.py"
+    empty.write_text("\n")
+    done = _kit(*[str(empty) if a == "EMPTY" else a for a in args])
+    assert done.returncode == 2
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith(("error", "usage", "python -m kit"))]
+    assert any(message in line for line in error_lines), done.stderr
+    assert done.stdout == ""
+
+
+def test_unprepared_data_says_what_to_run(tmp_path):
+    import os
+
+    env = {**os.environ, "AUTORESEARCH_DATA": str(tmp_path / "empty")}
+    done = _kit("experiment", "--profile", "cpu", env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: no data for profile 'cpu' in {tmp_path / 'empty' / 'cpu'}: run `python prepare.py --profile cpu` first"]
