@@ -452,7 +452,8 @@ def eval_example(profile: Profile | None = None, device: str = DEVICE) -> torch.
     return torch.zeros(profile.eval_batch_size, profile.max_seq_len, dtype=torch.long, device=device)
 
 
-def export_model(model: torch.nn.Module, path: str | Path, device: str = DEVICE, profile: Profile | None = None) -> Path:
+def export_model(model: torch.nn.Module, path: str | Path, device: str = DEVICE,
+                 profile: Profile | None = None) -> Path:
     """Save model (token ids -> logits) as a self-contained torch.export graph for the evaluator."""
     model.eval()
     with torch.no_grad():

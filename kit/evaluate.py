@@ -1,6 +1,7 @@
 """Out-of-process evaluation of a handed-off model: the number that counts.
 
     python -m kit.evaluate --profile cpu --model RUN_DIR/model.pt2
+    echo RUN_DIR/model.pt2 | python -m kit.evaluate --profile cpu --model -   # started early, waits for the path
 
 Owns: loading the exported graph in a fresh process, refusing graphs that keep state between
 calls, the causality probe (changing later tokens, or other rows of the batch, must not change a
@@ -12,7 +13,9 @@ Does not own: running train.py or the sandbox (kit/harness.py starts this module
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -68,18 +71,32 @@ def evaluate(model_path: Path, profile_name: str) -> dict:
         if violation:
             return {"status": "tampered", "val_bpb": None, "reason": violation}
         val_bpb = prepare.evaluate_bpb(module, profile, device)
-    if not val_bpb == val_bpb or val_bpb in (float("inf"), float("-inf")):
-        return {"status": "crash", "val_bpb": None, "reason": f"val_bpb is {val_bpb}: the model's logits are not finite"}
+    if not math.isfinite(val_bpb):
+        reason = f"val_bpb is {val_bpb}: the model's logits are not finite"
+        return {"status": "crash", "val_bpb": None, "reason": reason}
     return {"status": "ok", "val_bpb": val_bpb, "reason": ""}
+
+
+def warm_up() -> None:
+    """Export and load a tiny model once: the first torch.export.load in a process pays ~1.5 s of lazy set-up."""
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),)), buffer)
+    buffer.seek(0)
+    torch.export.load(buffer).module()(torch.zeros(1, 2))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a handed-off model (prints one JSON line).")
     parser.add_argument("--profile", required=True)
-    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument("--model", required=True, help="path of the exported model; '-' reads it from stdin")
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.model, args.profile)
+        if args.model == "-":  # started early by the harness: get ready, then wait for the hand-off
+            warm_up()
+        model = sys.stdin.readline().strip() if args.model == "-" else args.model
+        if not model:
+            return 0  # the harness had nothing to evaluate
+        result = evaluate(Path(model), args.profile)
     except Exception as error:  # any failure is a record with a reason, never a silent number
         result = {"status": "crash", "val_bpb": None, "reason": f"evaluation failed: {type(error).__name__}: {error}"}
     print(json.dumps(result), flush=True)

@@ -16,14 +16,15 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from kit import gate, sandbox
 
@@ -31,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LIMIT_BYTES = 50 << 20  # a flood of output is cut here; the process still runs to its limit
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     OK = "ok"
     PRUNED = "pruned"
     CRASH = "crash"
@@ -103,6 +104,13 @@ def _crash_reason(lines: list[str], returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class _Process:
     """A child in its own session whose output lines arrive on a queue; killed as a group."""
 
@@ -125,10 +133,7 @@ class _Process:
         self.lines.put(None)
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(self.proc.pid)
 
     def close(self) -> None:
         self.proc.wait()
@@ -205,54 +210,65 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
     argv = sandbox.wrap([sys.executable, "-P", str(run_dir / "train.py")], train_spec, backend)
     deadline = started + budget + grace
 
-    # Training: stream progress, enforce the wall clock, let the monitor prune.
-    process = _Process(argv, env=_env(profile.name, budget, seed, run_dir, extra), cwd=run_dir,
-                       spec=train_spec, log_path=run_dir / "train.log")
+    # The evaluator starts now, in its own sandbox (sees the validation split, writes nothing), so its
+    # imports overlap training's start-up; it waits on stdin for the hand-off.
+    eval_tmp = run_dir / "eval-tmp"
+    shutil.rmtree(eval_tmp, ignore_errors=True)
+    eval_tmp.mkdir()
+    eval_spec = sandbox.SandboxSpec(writable=(eval_tmp,), memory_limit_mb=memory)
+    eval_argv = sandbox.wrap([sys.executable, "-P", "-m", "kit.evaluate", "--profile", profile.name, "--model", "-"],
+                             eval_spec, backend)
+    evaluator = subprocess.Popen(eval_argv, cwd=REPO_ROOT, env=_env(profile.name, budget, seed, eval_tmp, {}),
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True, preexec_fn=sandbox.limit_resources(eval_spec))
+    try:
+        outcome = _train(argv, train_spec, run_dir, deadline, monitor, curve, lines, timings, started,
+                         env=_env(profile.name, budget, seed, run_dir, extra))
+        timings["training_process"] = time.monotonic() - started
+        changed = gate.changed_files(before, gate.hash_files(frozen))
+        if changed:
+            return finish(Status.TAMPERED, f"frozen files changed during the run: {', '.join(changed)}")
+        if outcome:
+            return finish(*outcome)
+        if not handoff.exists():
+            return finish(Status.CRASH, "train.py ended without handing off its model: call prepare.hand_off(model)")
+        eval_started = time.monotonic()
+        try:
+            stdout, stderr = evaluator.communicate(f"{handoff}\n", timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return finish(Status.TIMEOUT, f"evaluation passed the hard wall clock ({budget:.0f} s + {grace:.0f} s)")
+        finally:
+            timings["evaluation"] = time.monotonic() - eval_started
+    finally:
+        _kill_group(evaluator.pid)
+        evaluator.wait()
+    verdict = _last_json(stdout)
+    if verdict is None:
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+        return finish(Status.CRASH, f"evaluator failed: {tail[0][:300]}")
+    changed = gate.changed_files(before, gate.hash_files(frozen))
+    if changed:
+        return finish(Status.TAMPERED, f"frozen files changed during evaluation: {', '.join(changed)}")
+    return finish(Status(verdict["status"]), verdict.get("reason", ""), verdict.get("val_bpb"))
+
+
+def _train(argv: list[str], spec: sandbox.SandboxSpec, run_dir: Path, deadline: float, monitor: Monitor | None,
+           curve: list, lines: list, timings: dict, started: float, env: dict) -> tuple[Status, str] | None:
+    """Run the training process to its end; a (status, reason) unless it exited cleanly in time."""
+    process = _Process(argv, env=env, cwd=run_dir, spec=spec, log_path=run_dir / "train.log")
     try:
         outcome = _watch(process, deadline, monitor, curve, lines, timings, started)
         if outcome is None:
             try:  # stdout closed: give the process until the deadline to exit
                 process.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                outcome = (Status.TIMEOUT, f"killed at the hard wall clock: {budget:.0f} s budget + {grace:.0f} s grace")
+                outcome = (Status.TIMEOUT, _timeout_reason(deadline - started))
     finally:
         process.kill()  # the whole session: nothing train.py started outlives it
         process.close()
-    timings["training_process"] = time.monotonic() - started
-
-    changed = gate.changed_files(before, gate.hash_files(frozen))
-    if changed:
-        return finish(Status.TAMPERED, f"frozen files changed during the run: {', '.join(changed)}")
-    if outcome:
-        return finish(*outcome)
-    if process.proc.returncode != 0:
-        return finish(Status.CRASH, _crash_reason(lines, process.proc.returncode))
-    if not handoff.exists():
-        return finish(Status.CRASH, "train.py ended without handing off its model: call prepare.hand_off(model)")
-
-    # Evaluation: frozen code in a fresh sandboxed process that sees the validation split, writes nothing.
-    eval_tmp = run_dir / "tmp"
-    eval_spec = sandbox.SandboxSpec(writable=(eval_tmp,), memory_limit_mb=memory)
-    eval_argv = sandbox.wrap([sys.executable, "-P", "-m", "kit.evaluate", "--profile", profile.name,
-                              "--model", str(handoff)], eval_spec, backend)
-    eval_started = time.monotonic()
-    try:
-        evaluated = subprocess.run(eval_argv, cwd=REPO_ROOT, env=_env(profile.name, budget, seed, run_dir, {}),
-                                   capture_output=True, text=True, start_new_session=True,
-                                   timeout=max(1.0, deadline - time.monotonic()),
-                                   preexec_fn=sandbox.limit_resources(eval_spec))
-    except subprocess.TimeoutExpired:
-        return finish(Status.TIMEOUT, f"evaluation passed the hard wall clock ({budget:.0f} s + {grace:.0f} s)")
-    finally:
-        timings["evaluation"] = time.monotonic() - eval_started
-    verdict = _last_json(evaluated.stdout)
-    if verdict is None:
-        tail = (evaluated.stderr or evaluated.stdout).strip().splitlines()[-1:] or ["no output"]
-        return finish(Status.CRASH, f"evaluator failed: {tail[0][:300]}")
-    changed = gate.changed_files(before, gate.hash_files(frozen))
-    if changed:
-        return finish(Status.TAMPERED, f"frozen files changed during evaluation: {', '.join(changed)}")
-    return finish(Status(verdict["status"]), verdict.get("reason", ""), verdict.get("val_bpb"))
+    if outcome is None and process.proc.returncode != 0:
+        outcome = (Status.CRASH, _crash_reason(lines, process.proc.returncode))
+    return outcome
 
 
 def _watch(process: _Process, deadline: float, monitor: Monitor | None, curve: list, lines: list,
@@ -266,7 +282,7 @@ def _watch(process: _Process, deadline: float, monitor: Monitor | None, curve: l
         except queue.Empty:
             line = ""
         if time.monotonic() > deadline:
-            return Status.TIMEOUT, f"killed at the hard wall clock (budget + grace passed {deadline - started:.0f} s)"
+            return Status.TIMEOUT, _timeout_reason(deadline - started)
         if line is None:
             return None
         if len(lines) < 10_000:
@@ -279,6 +295,10 @@ def _watch(process: _Process, deadline: float, monitor: Monitor | None, curve: l
             reason = monitor(curve) if monitor else None
             if reason:
                 return Status.PRUNED, reason
+
+
+def _timeout_reason(limit: float) -> str:
+    return f"killed at the hard wall clock ({limit:.0f} s = budget + grace)"
 
 
 def _parse_progress(line: str) -> tuple[float, float] | None:
