@@ -291,6 +291,7 @@ def _watch(process: _Process, deadline: float, monitor: Monitor | None, curve: l
             lines[-1] = line  # keep the tail of a flood, which holds the traceback
         if line.startswith(prepare.PROGRESS_PREFIX) and (point := _parse_progress(line)) is not None:
             timings.setdefault("first_progress", time.monotonic() - started)
+            timings["last_progress"] = time.monotonic() - started
             curve.append(point)
             reason = monitor(curve) if monitor else None
             if reason:
