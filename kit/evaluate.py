@@ -25,6 +25,8 @@ import torch
 def load_program(path: Path):
     """The exported program, or ValueError when it mutates buffers (state could leak between calls)."""
     program = torch.export.load(str(path))
+    # Export keeps in-place ops in its graph; functionalizing them makes every state change visible here.
+    program = program.run_decompositions({})
     signature = program.graph_signature
     mutated = list(signature.buffers_to_mutate) + list(getattr(signature, "user_inputs_to_mutate", {}))
     if mutated:
@@ -82,7 +84,7 @@ def warm_up() -> None:
     buffer = io.BytesIO()
     torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),)), buffer)
     buffer.seek(0)
-    torch.export.load(buffer).module()(torch.zeros(1, 2))
+    torch.export.load(buffer).run_decompositions({}).module()(torch.zeros(1, 2))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,11 @@ data flow through function calls or containers; the sandbox and out-of-process e
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
+import importlib
 import os
+import types
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +77,9 @@ class GateConfig:
                                                  "itertools", "collections", "contextlib", "warnings", "os",
                                                  "torch", "numpy", "prepare"})
     """Top-level modules train.py may import (`import torch.nn` counts as torch); anything else is rejected."""
+    reachable_modules: frozenset[str] = frozenset({"posixpath", "genericpath", "builtins", "_operator", "abc",
+                                                   "enum", "copy", "re", "json", "numbers", "random"})
+    """Modules train.py may reach through an allowed one (os.path is posixpath) without importing them."""
     denied: Mapping[str, str] = field(default_factory=lambda: dict(DENIED))
     """Qualified names that may be neither imported nor used, each with why; a trailing '*' matches a prefix."""
     denied_builtins: Mapping[str, str] = field(default_factory=lambda: dict(DENIED_BUILTINS))
@@ -197,6 +203,31 @@ def _matches(qualname: str, pattern: str) -> bool:
     return qualname == pattern or qualname.startswith(pattern + ".")
 
 
+@functools.cache
+def _canonical(qualname: str) -> str:
+    """The dotted name re-rooted at the module it really reaches: 'prepare.subprocess.run' -> 'subprocess.run',
+    'torch.os.system' -> 'os.system'; so an allowed module's own imports cannot smuggle in what the whitelist
+    keeps out. Names that do not resolve are returned as written."""
+    parts = qualname.split(".")
+    try:
+        obj = importlib.import_module(parts[0])
+    except Exception:  # an unimportable root is judged by its written name
+        return qualname
+    canonical = [parts[0]]
+    for i, attr in enumerate(parts[1:], start=1):
+        try:
+            obj = getattr(obj, attr)
+        except Exception:
+            return ".".join(canonical + parts[i:])
+        canonical = obj.__name__.split(".") if isinstance(obj, types.ModuleType) else canonical + [attr]
+    return ".".join(canonical)
+
+
+@functools.cache
+def _public_names(module: str) -> frozenset[str]:
+    return frozenset(getattr(importlib.import_module(module), "__all__", ()))
+
+
 def _is_dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
@@ -282,8 +313,14 @@ class _Checker(ast.NodeVisitor):
         self.problems.add(Problem(getattr(node, "lineno", 0), reason))
 
     def denied_reason(self, qualname: str) -> str | None:
+        real = _canonical(qualname)
+        if real.split(".")[0] not in self.config.allowed_imports | self.config.reachable_modules:
+            return f"{qualname} reaches module {real.rsplit('.', 1)[0]}, which train.py may not use"
+        parts = qualname.split(".")
+        if parts[0] == "prepare" and len(parts) > 1 and parts[1] not in _public_names("prepare"):
+            return f"{qualname} is not part of prepare's interface for train.py (prepare.__all__)"
         for pattern, why in self.config.denied.items():
-            if _matches(qualname, pattern):
+            if _matches(qualname, pattern) or _matches(real, pattern):
                 return f"{qualname} {why}"
         return None
 

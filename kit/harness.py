@@ -218,7 +218,9 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
     eval_spec = sandbox.SandboxSpec(writable=(eval_tmp,), memory_limit_mb=memory)
     eval_argv = sandbox.wrap([sys.executable, "-P", "-m", "kit.evaluate", "--profile", profile.name, "--model", "-"],
                              eval_spec, backend)
-    evaluator = subprocess.Popen(eval_argv, cwd=REPO_ROOT, env=_env(profile.name, budget, seed, eval_tmp, {}),
+    # weights-only unpickling: a crafted hand-off file must not run code inside the evaluator
+    eval_env = _env(profile.name, budget, seed, eval_tmp, {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"})
+    evaluator = subprocess.Popen(eval_argv, cwd=REPO_ROOT, env=eval_env,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  start_new_session=True, preexec_fn=sandbox.limit_resources(eval_spec))
     try:

@@ -3,7 +3,8 @@
 Owns: choosing a backend (bubblewrap, else `unshare`, else none with a warning), wrapping a
 command so that it has no network, a read-only view of the file system except the directories it
 may write, hidden directories (the validation split) replaced by empty ones, its own PID
-namespace (so nothing it starts outlives it), and resource limits (memory, file size, processes).
+namespace (so nothing it starts outlives it), no capabilities (so none of this can be unmounted or
+remounted from inside), and resource limits (memory, file size, processes).
 Does not own: running or timing the command (kit/harness.py).
 """
 
@@ -72,7 +73,7 @@ def wrap(argv: list[str], spec: SandboxSpec, backend: str) -> list[str]:
     if backend == "bwrap":
         cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-               "--die-with-parent", "--new-session"]
+               "--die-with-parent", "--new-session", "--cap-drop", "ALL"]  # run as root, bwrap keeps caps
         for path in spec.hidden:
             cmd += ["--tmpfs", str(path)]
         for path in spec.writable:
@@ -88,9 +89,11 @@ def wrap(argv: list[str], spec: SandboxSpec, backend: str) -> list[str]:
             "case $m in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue;; esac; "
             "mount -o remount,bind,ro \"$m\" 2>/dev/null || true; done")
         steps += [f"mount -t tmpfs -o ro tmpfs {shlex.quote(str(p))}" for p in spec.hidden]
-        script = " && ".join(steps + ['exec "$@"']) if steps else 'exec "$@"'
+        # Root of the new user namespace could undo every mount above: drop all capabilities before exec.
+        drop = 'exec setpriv --bounding-set=-all --inh-caps=-all --ambient-caps=-all -- "$@"'
+        script = " && ".join(steps + [drop])
         return ["unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts",
-                "--fork", "--kill-child", "--", "/bin/sh", "-c", script, "sandbox", *argv]
+                "--fork", "--kill-child", "--mount-proc", "--", "/bin/sh", "-c", script, "sandbox", *argv]
     raise ValueError(f"unknown sandbox backend {backend!r}")
 
 
