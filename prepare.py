@@ -68,7 +68,7 @@ PROFILES = {
     # tests: seconds per run, byte-level, tiny synthetic data made on the spot
     "smoke": Profile("smoke", 4.0, 60.0, 64, "byte", 256, 8, 4, "synthetic", 1337, 6144),
     # the embedded default: about a minute per run on 2 CPU cores, Shakespeare's plays
-    "cpu": Profile("cpu", 60.0, 40.0, 256, "byte", 256, 16, 16, "shakespeare", 1337, 8192),
+    "cpu": Profile("cpu", 60.0, 40.0, 256, "byte", 256, 16, 8, "shakespeare", 1337, 8192),
     # autoresearch scale: 5 minutes on one GPU, TinyStories with a trained BPE of 8192 tokens
     "gpu": Profile("gpu", 300.0, 180.0, 2048, "bpe", 8192, 16, 128, "tinystories", 1337, 0),
 }
@@ -534,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = get_profile(args.profile)
     except ValueError as error:
-        parser.error(str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     started = time.time()
     root = prepare_data(profile, force=args.force)
     manifest = load_manifest(profile)

@@ -34,10 +34,17 @@ def _positive(text: str) -> float:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad usage in one line (and says where help is) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kit", description="autoresearch-rl: an RL agent that "
+    parser = _OneLineParser(prog="python -m kit", description="autoresearch-rl: an RL agent that "
                                      "improves train.py on its own.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     prep = commands.add_parser("prepare", help="prepare the frozen data of a profile")
     prep.add_argument("--profile", choices=PROFILES, default="cpu")

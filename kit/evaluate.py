@@ -45,7 +45,7 @@ def causality_violation(forward, example: torch.Tensor, vocab_size: int, seed: i
     reference = forward(x).float()
     scale = reference.abs().max().item() + 1e-6
     tolerance = (1e-3 if reference.dtype == torch.float32 and x.device.type == "cpu" else 2e-2) * scale
-    for k in sorted({0, T // 4, T // 2, T - 2}):
+    for k in sorted({0, T // 2, T - 2}):  # first, middle and last position; each probe costs a forward pass
         changed = x.clone()
         changed[0, k + 1:] = torch.randint(0, vocab_size, (T - k - 1,), generator=generator).to(x.device)
         if rows > 1:

@@ -11,6 +11,7 @@ Does not own: running or timing the command (kit/harness.py).
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import resource
 import shlex
@@ -74,6 +75,8 @@ def wrap(argv: list[str], spec: SandboxSpec, backend: str) -> list[str]:
         cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                "--die-with-parent", "--new-session", "--cap-drop", "ALL"]  # run as root, bwrap keeps caps
+        for device in sorted(glob.glob("/dev/nvidia*")):  # a fresh /dev has no GPU nodes; CUDA needs them
+            cmd += ["--dev-bind", device, device]
         for path in spec.hidden:
             cmd += ["--tmpfs", str(path)]
         for path in spec.writable:

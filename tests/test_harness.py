@@ -94,9 +94,16 @@ def test_bad_input_gets_one_line_and_exit_2(args, message, tmp_path):
     empty.write_text("\n")
     done = _kit(*[str(empty) if a == "EMPTY" else a for a in args])
     assert done.returncode == 2
-    error_lines = [line for line in done.stderr.splitlines() if line.startswith(("error", "usage", "python -m kit"))]
-    assert any(message in line for line in error_lines), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
+    assert message in done.stderr
     assert done.stdout == ""
+
+
+def test_prepare_rejects_an_unknown_profile_in_one_line():
+    done = subprocess.run([sys.executable, "prepare.py", "--profile", "huge"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: unknown profile 'huge': choose one of smoke, cpu, gpu"
 
 
 def test_unprepared_data_says_what_to_run(tmp_path):

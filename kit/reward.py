@@ -1,0 +1,136 @@
+"""The composite reward of one experiment: accuracy, efficiency and stability, or a penalty.
+
+Owns: `RewardConfig` (the weights and penalties) and `compute_reward`, a pure function of what a run reported.
+A finished (`ok`) run earns
+
+    accuracy   * log(incumbent / val_bpb)                      0 on the first run (no incumbent)
+  + efficiency * (1 - min(1, total_seconds / budget))          faster runs earn more
+  + stability  * exp(-var(loss over the curve's last stability_window)),   0 with fewer than 2 points or a NaN loss
+
+A `pruned` run earns the same with the predictor's forecast in place of val_bpb, plus the early-stop bonus.
+`crash`, `timeout`, `rejected` and `tampered` earn their penalty; a duplicate adds its penalty to whatever the
+status earned. Every term is recorded in `Reward.parts`; the total is their sum and always finite.
+Does not own: deciding acceptance (kit.loop), the forecast (kit.predictor), or duplicate detection (kit.memory).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kit.harness import Status
+
+_FAILURES = (Status.CRASH, Status.TIMEOUT, Status.REJECTED, Status.TAMPERED)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights of the reward's terms and the penalties of failures."""
+
+    accuracy: float = 0.7
+    """Weight of log(incumbent / val_bpb): the relative improvement over the incumbent."""
+    efficiency: float = 0.2
+    """Weight of the unused share of the time budget."""
+    stability: float = 0.1
+    """Weight of exp(-variance of the loss at the curve's end)."""
+    timeout: float = -2.0
+    """Reward of a run killed by the wall clock."""
+    rejected: float = -1.0
+    """Reward of a train.py the gate refused."""
+    crash: float = -1.0
+    """Reward of a run that failed (or an ok run without a usable val_bpb)."""
+    duplicate: float = -0.5
+    """Added when the code was already tried (normalized-code hash seen before)."""
+    tampered: float = -2.0
+    """Reward of a run that touched frozen files or cheated the evaluation."""
+    early_stop_bonus: float = 0.1
+    """Added to a pruned run: stopping a hopeless run early saves budget."""
+    stability_window: float = 0.2
+    """Fraction of the curve's last points whose loss variance is measured (at least 2 points)."""
+
+    def __post_init__(self) -> None:
+        for name in ("accuracy", "efficiency", "stability", "early_stop_bonus"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"RewardConfig.{name} must be finite and >= 0, got {value=}")
+        for name in ("timeout", "rejected", "crash", "duplicate", "tampered"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value <= 0):
+                raise ValueError(f"RewardConfig.{name} is a penalty: finite and <= 0, got {value=}")
+        if not 0 < self.stability_window <= 1:
+            raise ValueError(f"RewardConfig.stability_window must be in (0, 1], got {self.stability_window=}")
+
+
+@dataclass(frozen=True)
+class Reward:
+    """The total reward and the terms it is the sum of."""
+
+    total: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def _float(x: object) -> float:
+    """x as a float; NaN when it is None or not a number."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _positive(x: float | None) -> float | None:
+    """x as a float when it is a usable val_bpb (finite, > 0), else None."""
+    x = _float(x)
+    return x if math.isfinite(x) and x > 0 else None
+
+
+def stability_score(curve: list[tuple[float, float]], window: float) -> float:
+    """exp(-var(loss)) over the last `window` fraction of the curve's points (at least 2); 0 if undefined."""
+    if len(curve) < 2:
+        return 0.0
+    n = max(2, math.ceil(window * len(curve)))
+    losses = np.array([_float(loss) for _, loss in curve[-n:]], dtype=np.float64)
+    if not np.all(np.isfinite(losses)):
+        return 0.0  # a diverged loss is the opposite of stable
+    return math.exp(-float(np.var(losses)))
+
+
+def efficiency_score(total_seconds: float | None, budget: float) -> float:
+    """1 - min(1, total_seconds / budget): the unused share of the budget; 0 when the time is unknown."""
+    total_seconds = _float(total_seconds)
+    if not math.isfinite(total_seconds):
+        return 0.0
+    return 1.0 - min(1.0, max(0.0, total_seconds / budget))
+
+
+def compute_reward(status: str, val_bpb: float | None, incumbent: float | None, total_seconds: float, budget: float,
+                   curve: list[tuple[float, float]], predicted: float | None = None, duplicate: bool = False,
+                   config: RewardConfig = RewardConfig()) -> Reward:
+    """The reward of one experiment (see the module docstring); status is a kit.harness.Status value."""
+    if status not in tuple(Status):
+        raise ValueError(f"status must be one of {[s.value for s in Status]}, got {status=}")
+    if not (math.isfinite(_float(budget)) and budget > 0):
+        raise ValueError(f"budget must be positive seconds, got {budget=}")
+    status = Status(status)
+    parts: dict[str, float] = {}
+    final = _positive(val_bpb)
+    if status == Status.PRUNED:
+        final = _positive(predicted) or final  # the forecast stands in for the value the run did not reach
+    if status == Status.OK and final is None:
+        parts["crash"] = config.crash  # "ok" without a usable val_bpb is a failure the harness missed
+    elif status in (Status.OK, Status.PRUNED):
+        reference = _positive(incumbent)
+        accuracy = math.log(reference / final) if reference is not None and final is not None else 0.0
+        parts["accuracy"] = config.accuracy * accuracy
+        parts["efficiency"] = config.efficiency * efficiency_score(total_seconds, budget)
+        parts["stability"] = config.stability * stability_score(list(curve or ()), config.stability_window)
+        if status == Status.PRUNED:
+            parts["early_stop"] = config.early_stop_bonus
+    else:
+        assert status in _FAILURES
+        parts[status.value] = getattr(config, status.value)
+    if duplicate:
+        parts["duplicate"] = config.duplicate
+    parts = {name: value if math.isfinite(value) else 0.0 for name, value in parts.items()}
+    return Reward(total=float(sum(parts.values())), parts=parts)
