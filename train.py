@@ -32,8 +32,8 @@ t_start = time.time()
 # ---------------------------------------------------------------------------
 
 DEPTH = 4                  # transformer blocks [1, 16]
-MODEL_DIM = 128            # width of the residual stream, a multiple of HEAD_DIM [32, 1024]
-HEAD_DIM = 32              # width of one attention head [16, 128]
+MODEL_DIM = 128            # width of the residual stream, rounded to a multiple of HEAD_DIM [32, 1024]
+HEAD_DIM = 32              # width of one attention head {16, 32, 64, 128}
 MLP_RATIO = 4              # MLP hidden width as a multiple of MODEL_DIM [1, 8]
 WINDOW_PATTERN = "L"       # attention span per layer, cycled: L = full context, S = half {"L", "SL", "SSL", "SSSL"}
 QK_NORM = False            # RMS-normalize queries and keys per head before attention {False, True}
@@ -61,7 +61,7 @@ class GPTConfig:
     vocab_size: int = VOCAB_SIZE
     seq_len: int = MAX_SEQ_LEN
     depth: int = DEPTH
-    model_dim: int = MODEL_DIM
+    model_dim: int = max(HEAD_DIM, round(MODEL_DIM / HEAD_DIM) * HEAD_DIM)
     head_dim: int = HEAD_DIM
     mlp_ratio: int = MLP_RATIO
     window_pattern: str = WINDOW_PATTERN

@@ -2,6 +2,8 @@
 
     python -m kit prepare --profile cpu
     python -m kit experiment [train.py] --profile {smoke,cpu,gpu} [--budget S] [--run-dir DIR] [--json]
+    python -m kit loop --profile cpu --policy {ppo,random,greedy,tpe,cmaes} [--iterations N] [--hours H] [--run-dir DIR]
+    python -m kit report RUN_DIR
 
 Owns: argument parsing, one-line errors for bad input (exit 2), and printing results.
 Does not own: any of the work (kit/harness.py, prepare.py).
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 from kit.harness import REPO_ROOT, HarnessConfig, run_experiment
+from kit.policy import POLICIES
 
 PROFILES = ("smoke", "cpu", "gpu")
 
@@ -57,7 +60,61 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--seed", type=int, default=None, help="seed for the frozen side (default: the profile's)")
     exp.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"), default="auto")
     exp.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+
+    loop = commands.add_parser("loop", help="run the research loop until the termination oracle or a stop")
+    loop.add_argument("--profile", choices=PROFILES, default="cpu")
+    loop.add_argument("--policy", choices=POLICIES, default="ppo")
+    loop.add_argument("--iterations", type=_positive_int, default=None, help="stop at this many experiments recorded")
+    loop.add_argument("--hours", type=_positive, default=None, help="stop after this many wall-clock hours")
+    loop.add_argument("--gpu-hours", type=_positive, default=None, help="stop after this many GPU-hours of experiments")
+    loop.add_argument("--run-dir", type=Path, default=None, help="default: runs/<policy>-<profile>; same dir resumes")
+    loop.add_argument("--seed", type=int, default=0, help="seed of the policy")
+    loop.add_argument("--budget", type=_positive, default=None, help="training seconds (default: the profile's)")
+    loop.add_argument("--train-py", type=Path, default=REPO_ROOT / "train.py", help="baseline of a new run directory")
+    loop.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"), default="auto")
+
+    report = commands.add_parser("report", help="write results.tsv, progress.png and summary.md of a run directory")
+    report.add_argument("run_dir", type=Path)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _loop(args: argparse.Namespace) -> int:
+    from kit.ledger import LedgerLocked
+    from kit.loop import LoopConfig, run_loop
+
+    _read_train_py(str(args.train_py))
+    _ensure_data(args.profile)
+    run_dir = args.run_dir or Path("runs") / f"{args.policy}-{args.profile}"
+    config = LoopConfig(run_dir=run_dir, profile=args.profile, policy=args.policy, iterations=args.iterations,
+                        hours=args.hours, gpu_hours=args.gpu_hours, seed=args.seed, budget=args.budget,
+                        train_py=args.train_py, sandbox=args.sandbox)
+    try:
+        reason = run_loop(config)
+    except LedgerLocked as error:
+        raise UsageError(str(error)) from None
+    print(f"{reason}\nreport: {Path(run_dir) / 'summary.md'}, results.tsv, progress.png")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from kit.ledger import Ledger, write_report
+
+    if not (args.run_dir / "ledger.sqlite").exists():
+        raise UsageError(f"no ledger in {args.run_dir}: give the --run-dir of a loop")
+    with Ledger(args.run_dir, readonly=True) as ledger:
+        paths = write_report(args.run_dir, ledger)
+    print("\n".join(str(p) for p in paths.values()))
+    return 0
 
 
 def _read_train_py(path: str) -> str:
@@ -104,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             import prepare
 
             return prepare.main(["--profile", args.profile])
+        if args.command == "loop":
+            return _loop(args)
+        if args.command == "report":
+            return _report(args)
         return _experiment(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -10,18 +10,21 @@ Does not own: running or timing the command (kit/harness.py).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import os
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BACKENDS = ("bwrap", "unshare", "none")
+PR_SET_PDEATHSIG = 1  # prctl option, from <sys/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ def limit_resources(spec: SandboxSpec):
     """A preexec_fn for subprocess.Popen that applies spec's rlimits in the child before exec."""
 
     def apply() -> None:
+        # die with the process that started us (the loop), even if it is SIGKILLed: no orphans
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         mb = 1 << 20
         if spec.memory_limit_mb > 0:
             resource.setrlimit(resource.RLIMIT_DATA, (spec.memory_limit_mb * mb, spec.memory_limit_mb * mb))

@@ -1,0 +1,401 @@
+"""The research loop: propose an edit of train.py, gate it, run it, score it, keep or roll back, learn.
+
+Owns: the run directory (ledger, git repository of train.py on its own branch, experiment folders,
+policy checkpoint), the noise floor and noise-aware acceptance, the PPO rollout buffer and updates,
+the 3-strike pause, the stop file and Ctrl-C, the termination oracle, and resuming all of it.
+Does not own: running one experiment (kit/harness.py), the action space (kit/edits.py), the policies
+(kit/policy.py), the update rule (kit/ppo.py), widgets (the optional on_event callback feeds them).
+
+    RUN_DIR/ledger.sqlite      every proposal and run (the source of truth on resume)
+    RUN_DIR/repo/train.py      train.py on branch autoresearch; an accepted edit is a commit
+    RUN_DIR/experiments/NNNNN  one harness run directory per experiment
+    RUN_DIR/policy.pt          policy weights, optimizer and rollout buffer
+    RUN_DIR/STOP, RUN_DIR/PAUSED   create STOP to stop after the running experiment; PAUSED explains a pause
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kit import bound, edits
+from kit.harness import REPO_ROOT, HarnessConfig, RunResult, Status, run_experiment
+from kit.ledger import Ledger, Record, write_report
+from kit.memory import Experiment, Memory, code_hash
+from kit.policy import POLICIES, OperatorPolicy, Proposal, State, make_policy
+from kit.ppo import PPOConfig, compute_gae, ppo_step
+from kit.reward import Reward, RewardConfig, compute_reward
+
+FAILURES = {Status.CRASH, Status.TIMEOUT, Status.REJECTED, Status.TAMPERED}
+NOISE_POLICY = "noise-floor"
+BRANCH = "autoresearch"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    run_dir: Path
+    """Where everything of this run lives; the same directory resumes the run."""
+    profile: str = "cpu"
+    """Profile of prepare.py: smoke, cpu or gpu."""
+    policy: str = "ppo"
+    """ppo, random, greedy, tpe or cmaes."""
+    iterations: int | None = None
+    """Stop once the ledger holds this many records (noise-floor runs included)."""
+    hours: float | None = None
+    """Stop after this many wall-clock hours of this invocation."""
+    gpu_hours: float | None = None
+    """Stop once experiments on a GPU have taken this many hours in total, over the whole run."""
+    seed: int = 0
+    """Seed of the policy; experiments themselves use the frozen side's seed."""
+    budget: float | None = None
+    """Training seconds per experiment; None takes the profile's."""
+    train_py: Path = REPO_ROOT / "train.py"
+    """The baseline a new run directory starts from."""
+    noise_repeats: int = 3
+    """Baseline runs with different seeds that measure the noise floor before the agent starts."""
+    noise_sigmas: float = 2.0
+    """An edit is kept only if it beats the incumbent by this many noise standard deviations."""
+    max_failures: int = 3
+    """Failures in a row that pause the loop."""
+    ppo_every: int = 8
+    """Transitions per PPO update."""
+    epsilon: float = 0.005
+    """The convergence oracle's ε: an improvement of the best val_bpb by more than this counts."""
+    convergence_threshold: float = 0.02
+    """Stop when the upper confidence bound of P(ε-improvement per experiment) falls below this."""
+    convergence_window: int = 60
+    """Recent experiments the convergence estimate looks at (and needs before it may fire)."""
+    sandbox: str = "auto"
+    """Sandbox backend of the harness."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy=}")
+        for name in ("iterations", "hours", "gpu_hours", "budget"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value=}")
+        if self.noise_repeats < 1 or self.max_failures < 1 or self.ppo_every < 2:
+            raise ValueError(f"noise_repeats, max_failures >= 1 and ppo_every >= 2, got {self.noise_repeats=}, "
+                             f"{self.max_failures=}, {self.ppo_every=}")
+
+
+class _Git:
+    """train.py's history in RUN_DIR/repo on one branch; the identity is set per call (CI has none)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, *args: str) -> str:
+        done = subprocess.run(["git", "-c", "user.name=autoresearch-rl", "-c", "user.email=autoresearch@localhost",
+                               "-C", str(self.path), *args], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def init(self, baseline: str) -> str:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self("init", "-q", "-b", BRANCH)
+        (self.path / "train.py").write_text(baseline)
+        self("add", "train.py")
+        self("commit", "-q", "-m", "baseline")
+        return self("rev-parse", "HEAD")
+
+    def commit(self, source: str, message: str) -> str:
+        (self.path / "train.py").write_text(source)
+        self("commit", "-q", "-am", message)
+        return self("rev-parse", "HEAD")
+
+    def reset(self, commit: str) -> None:
+        self("reset", "-q", "--hard", commit)
+
+
+class ResearchLoop:
+    """One run directory's loop. `run()` returns why it stopped, in one line."""
+
+    def __init__(self, config: LoopConfig, on_event: Callable[[dict], None] | None = None):
+        self.config = config
+        self.on_event = on_event
+        self.run_dir = Path(config.run_dir).resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(self.run_dir)
+        self.git = _Git(self.run_dir / "repo")
+        self.interrupted = False
+        self._resume()
+
+    # state --------------------------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        records = self.ledger.records()
+        if not (self.run_dir / "repo" / ".git").exists():
+            baseline = Path(self.config.train_py).read_text()
+            self.ledger.set_meta("baseline_commit", self.git.init(baseline))
+        accepted = [r for r in records if r.accepted and r.commit]
+        head = accepted[-1].commit if accepted else self.ledger.get_meta("baseline_commit")
+        self.git.reset(head)  # the ledger is the truth: drop a commit whose record a kill prevented
+        self.source = (self.run_dir / "repo" / "train.py").read_text()
+        self.catalog = edits.build_catalog(self.source)
+        self.knob_names = [k.name for k in edits.knobs(self.source)]
+        self.memory = Memory()
+        for r in records:
+            self.memory.add(self._experiment(r))
+        noise = [r.val_bpb for r in records if r.policy == NOISE_POLICY and r.val_bpb is not None]
+        self.noise_values = noise
+        agent_accepted = [r for r in accepted if r.policy != NOISE_POLICY]
+        self.incumbent = agent_accepted[-1].val_bpb if agent_accepted else (statistics.mean(noise) if noise else None)
+        self.policy = make_policy(self.config.policy, len(self.catalog), self._observation(self.source).size,
+                                  edits.knobs(self.source), seed=self.config.seed)
+        self.optimizer = None
+        self.buffer: list[dict] = []
+        if isinstance(self.policy, OperatorPolicy):
+            self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.config.ppo.learning_rate, eps=1e-5)
+        checkpoint = self.run_dir / "policy.pt"
+        if checkpoint.exists():
+            saved = torch.load(checkpoint, weights_only=False)
+            self.policy.load_state_dict(saved["policy"])
+            if self.optimizer is not None and saved.get("optimizer"):
+                self.optimizer.load_state_dict(saved["optimizer"])
+            self.buffer = saved.get("buffer", [])
+        self.failures = 0
+        paused = self.run_dir / "PAUSED"
+        if paused.exists():
+            print(f"resuming after a pause ({paused.read_text().strip()})")
+            paused.unlink()
+
+    def _observation(self, source: str) -> np.ndarray:
+        return np.concatenate([edits.config_vector(source, self.knob_names), self.memory.observation()]).astype(
+            np.float32)
+
+    def _experiment(self, r: Record) -> Experiment:
+        return Experiment(index=r.iteration, code_hash=r.code_hash, description=r.description, status=r.status,
+                          val_bpb=r.val_bpb if r.status == "ok" else None, reward=r.reward or 0.0,
+                          accepted=r.accepted)
+
+    def _save_policy(self) -> None:
+        state = {"policy": self.policy.state_dict(), "buffer": self.buffer,
+                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
+        tmp = self.run_dir / "policy.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.run_dir / "policy.pt")
+
+    @property
+    def noise_margin(self) -> float:
+        spread = statistics.stdev(self.noise_values) if len(self.noise_values) >= 2 else 0.0
+        return self.config.noise_sigmas * spread
+
+    # the loop -----------------------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Run until the oracle, a stop, or a pause; write the report; return why it stopped."""
+        started = time.monotonic()
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            while True:
+                reason = self._stop_reason(started)
+                if reason:
+                    break
+                if self._noise_runs() < self.config.noise_repeats:
+                    self._measure_noise()
+                else:
+                    self._step()
+                if self.failures >= self.config.max_failures:
+                    last = self.ledger.records()[-1]
+                    reason = (f"paused: {self.failures} failures in a row (last: {last.status}: {last.reason[:200]}); "
+                              f"look at {self.run_dir / 'experiments'}, then run the same command again to resume")
+                    (self.run_dir / "PAUSED").write_text(reason + "\n")
+                    break
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            write_report(self.run_dir, self.ledger)
+        self._emit({"event": "stopped", "reason": reason})
+        return reason
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        print("stopping after the running experiment is recorded (Ctrl-C again to abort it)")
+
+    def _stop_reason(self, started: float) -> str | None:
+        c = self.config
+        records = self.ledger.records()
+        if self.interrupted:
+            return "stopped by Ctrl-C"
+        stop_file = self.run_dir / "STOP"
+        if stop_file.exists():
+            stop_file.unlink()
+            return f"stopped by the stop file {stop_file}"
+        if c.iterations is not None and len(records) >= c.iterations:
+            return f"iterations: {len(records)} experiments recorded (limit {c.iterations})"
+        if c.hours is not None and time.monotonic() - started >= c.hours * 3600:
+            return f"hours: {c.hours:g} h of wall-clock time spent"
+        if c.gpu_hours is not None:
+            spent = sum(r.total_seconds for r in records if r.fingerprint.get("device") == "cuda") / 3600
+            if spent >= c.gpu_hours:
+                return f"gpu-hours: {spent:.2f} GPU-hours spent (limit {c.gpu_hours:g})"
+        agent = [r for r in records if r.policy != NOISE_POLICY]
+        if len(agent) >= c.convergence_window:
+            values = [r.val_bpb if r.status == "ok" else None for r in records]
+            estimate = bound.improvement_probability(values, c.epsilon, window=c.convergence_window)
+            if estimate.upper < c.convergence_threshold:
+                return (f"converged: {estimate.successes}/{estimate.trials} recent experiments improved by more than "
+                        f"ε={c.epsilon:g}; P(improvement) ≤ {estimate.upper:.3f} (95 % bound) < "
+                        f"{c.convergence_threshold:g}")
+        return None
+
+    def _noise_runs(self) -> int:
+        return sum(r.policy == NOISE_POLICY for r in self.ledger.records())
+
+    def _harness(self, seed: int | None) -> HarnessConfig:
+        return HarnessConfig(profile=self.config.profile, budget=self.config.budget, seed=seed,
+                             sandbox=self.config.sandbox)
+
+    def _measure_noise(self) -> None:
+        """The baseline again, with another seed each time: how much val_bpb moves when nothing changes."""
+        import prepare
+
+        n = self._noise_runs()
+        seed = prepare.get_profile(self.config.profile).seed + n
+        result = run_experiment(self.source, self._experiment_dir(), self._harness(seed))
+        first = n == 0
+        if result.status is Status.OK:
+            self.noise_values.append(result.val_bpb)
+            self.incumbent = statistics.mean(self.noise_values)
+        reward = Reward(0.0, {})
+        self._record(result, description=f"baseline (noise floor, seed {seed})", diff="", policy=NOISE_POLICY,
+                     reward=reward, accepted=first and result.status is Status.OK,
+                     commit=self.ledger.get_meta("baseline_commit") if first else None,
+                     parent=None if first else self.git("rev-parse", "HEAD"), source=self.source, stats={})
+
+    def _step(self) -> None:
+        observation = self._observation(self.source)
+        state = State(source=self.source, catalog=self.catalog, mask=edits.edit_mask(self.source, self.catalog),
+                      observation=observation, knobs=edits.knobs(self.source))
+        timer = time.perf_counter()
+        proposal = self.policy.propose(state)
+        try:
+            candidate = (edits.set_values(self.source, proposal.values) if proposal.values is not None
+                         else edits.apply_edit(self.source, proposal.edit))
+        except edits.EditError as error:
+            candidate, edit_error = self.source, str(error)
+        else:
+            edit_error = None
+        diff = edits.unified_diff(self.source, candidate)
+        digest = code_hash(candidate)
+        agent_seconds = time.perf_counter() - timer
+        if edit_error or self.memory.is_duplicate(digest):
+            why = edit_error or "duplicate of an experiment already run"
+            penalty = self.config.reward.duplicate if not edit_error else self.config.reward.rejected
+            result = self._not_run(why)
+            reward = Reward(penalty, {"duplicate" if not edit_error else "rejected": penalty})
+            duplicate = not edit_error
+        else:
+            result = run_experiment(candidate, self._experiment_dir(), self._harness(None))
+            reward = compute_reward(result.status.value, result.val_bpb, self.incumbent, result.total_seconds,
+                                    self._budget(), list(result.curve), config=self.config.reward)
+            duplicate = False
+        timer = time.perf_counter()
+        accepted = (result.status is Status.OK and self.incumbent is not None
+                    and result.val_bpb < self.incumbent - self.noise_margin)
+        commit, parent = None, self.git("rev-parse", "HEAD")
+        if accepted:
+            commit = self.git.commit(candidate, proposal.description)
+            self.source, self.incumbent = candidate, result.val_bpb
+        self.policy.observe(proposal, result.val_bpb, accepted)
+        stats = self._learn(proposal, observation, state.mask, reward.total)
+        self._save_policy()  # before the record: a kill in between costs the policy one outcome, not the ledger
+        stats["agent_seconds"] = agent_seconds + time.perf_counter() - timer
+        self._record(result, description=proposal.description, diff=diff, policy=self.config.policy, reward=reward,
+                     accepted=accepted, commit=commit, parent=parent, source=candidate, stats=stats,
+                     duplicate=duplicate)
+
+    def _learn(self, proposal: Proposal, observation: np.ndarray, mask: np.ndarray, reward: float) -> dict:
+        """PPO bookkeeping: store the transition; every ppo_every transitions, one update."""
+        stats = {"logprob": proposal.logprob, "value": proposal.value}
+        if not isinstance(self.policy, OperatorPolicy) or proposal.action is None:
+            return stats
+        self.buffer.append({"obs": observation.tolist(), "action": proposal.action, "logprob": proposal.logprob,
+                            "value": proposal.value, "reward": reward, "mask": mask.tolist()})
+        if len(self.buffer) >= self.config.ppo_every:
+            b = self.buffer
+            obs = torch.tensor([t["obs"] for t in b], dtype=torch.float32)
+            rewards = torch.tensor([t["reward"] for t in b], dtype=torch.float32)
+            values = torch.tensor([t["value"] for t in b], dtype=torch.float32)
+            dones = torch.zeros(len(b))
+            with torch.no_grad():  # the task goes on: bootstrap from the state after the last transition
+                next_value = self.policy.get_value(torch.from_numpy(self._observation(self.source))[None]).item()
+            advantages, returns = compute_gae(rewards, values, dones, torch.tensor(next_value), torch.tensor(0.0),
+                                              self.config.ppo.gamma, self.config.ppo.gae_lambda)
+            batch = {"b_obs": obs, "b_actions": torch.tensor([t["action"] for t in b]),
+                     "b_logprobs": torch.tensor([t["logprob"] for t in b], dtype=torch.float32),
+                     "b_advantages": advantages, "b_returns": returns, "b_values": values,
+                     "b_masks": torch.tensor([t["mask"] for t in b], dtype=torch.bool)}
+            stats.update(ppo_step(self.policy, batch, self.optimizer, self.config.ppo))
+            self.buffer = []
+        return stats
+
+    # records ------------------------------------------------------------------------------------------------
+
+    def _budget(self) -> float:
+        import prepare
+
+        return float(self.config.budget or prepare.get_profile(self.config.profile).time_budget)
+
+    def _experiment_dir(self) -> Path:
+        return self.run_dir / "experiments" / f"{len(self.ledger) + 1:05d}"
+
+    def _not_run(self, reason: str) -> RunResult:
+        return RunResult(status=Status.REJECTED, val_bpb=None, reason=reason, training_seconds=0.0, total_seconds=0.0,
+                         peak_mem_mb=None, num_steps=0, curve=(), fingerprint={}, seed=0, run_dir="")
+
+    def _record(self, result: RunResult, *, description: str, diff: str, policy: str, reward: Reward,
+                accepted: bool, commit: str | None, parent: str | None, source: str, stats: dict,
+                duplicate: bool = False) -> None:
+        iteration = len(self.ledger) + 1
+        record = Record(iteration=iteration, policy=policy, description=description, diff=diff, parent_commit=parent,
+                        commit=commit, status=result.status.value, reason=result.reason, val_bpb=result.val_bpb,
+                        reward=reward.total, reward_parts=reward.parts, accepted=accepted, curve=list(result.curve),
+                        predictions=[], timings=result.timings, policy_stats=stats, fingerprint=result.fingerprint,
+                        peak_mem_mb=result.peak_mem_mb, training_seconds=result.training_seconds,
+                        total_seconds=result.total_seconds, seed=result.seed, code_hash=code_hash(source))
+        self.ledger.append(record)
+        self.memory.add(self._experiment(record))
+        # a duplicate was never run, so it says nothing about whether train.py still works
+        if not duplicate:
+            self.failures = self.failures + 1 if result.status in FAILURES else 0
+        shown = f"{result.val_bpb:.6f}" if result.val_bpb is not None else "-"
+        print(f"[{iteration:4d}] {result.status.value:8s} val_bpb {shown} reward {reward.total:+.3f} "
+              f"{'KEEP' if accepted else '    '} {description}" + _why(result),
+              flush=True)
+        self._emit({"event": "record", "record": record})
+
+    def _emit(self, event: dict) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def _why(result: RunResult) -> str:
+    return f" ({result.reason[:120]})" if result.reason else ""
+
+
+def run_loop(config: LoopConfig, on_event: Callable[[dict], None] | None = None) -> str:
+    loop = ResearchLoop(config, on_event)
+    try:
+        return loop.run()
+    finally:
+        loop.close()
+
+

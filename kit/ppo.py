@@ -1,0 +1,196 @@
+"""The PPO update rule: generalized advantage estimation and one clipped-objective update of an actor-critic.
+
+Owns: `PPOConfig`, `compute_gae`, `make_batch` (a finished rollout -> the `b_*` batch), `ppo_loss` (the loss of one
+minibatch and its statistics) and `ppo_step` (epochs of shuffled minibatches over one batch). The math and the names
+follow CleanRL's ppo.py: `logratio`, `ratio`, `pg_loss`, `v_loss_clipped`, `approx_kl`, `clipfrac`, `explained_var`.
+Does not own: collecting rollouts or deciding when to update (kit.loop), the networks (kit.policy).
+
+The policy is anything with `get_action_and_value(x, action=None, mask=None) -> (action, logprob, entropy, value)`,
+where `mask` is a bool tensor that is True for the actions that may be taken (kit.policy.OperatorPolicy).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+BATCH_KEYS = ("b_obs", "b_actions", "b_logprobs", "b_advantages", "b_returns", "b_values")  # b_masks is optional
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Hyperparameters of the PPO update (CleanRL's defaults for discrete actions)."""
+
+    clip_coef: float = 0.2  # the surrogate clipping coefficient: ratios outside [1 - c, 1 + c] earn nothing more
+    vf_coef: float = 0.5  # weight of the value loss in the total loss
+    ent_coef: float = 0.01  # weight of the entropy bonus (subtracted from the loss)
+    gamma: float = 0.99  # discount factor
+    gae_lambda: float = 0.95  # lambda of generalized advantage estimation
+    update_epochs: int = 4  # passes over the batch per ppo_step
+    num_minibatches: int = 2  # minibatches per pass (a batch smaller than this gets one-sample minibatches)
+    learning_rate: float = 3e-4  # Adam step size for the optimizer the caller builds (see make_optimizer)
+    max_grad_norm: float = 0.5  # global gradient-norm clip per minibatch update
+    norm_adv: bool = True  # normalize advantages per minibatch (skipped for one-sample minibatches)
+    clip_vloss: bool = True  # clip the value update around the old values, as in the PPO paper's implementation
+    target_kl: float | None = None  # stop the epochs early once approx_kl exceeds this; None never stops
+
+    def __post_init__(self):
+        for name in ("clip_coef", "vf_coef", "ent_coef", "learning_rate", "max_grad_norm"):
+            x = getattr(self, name)
+            if not (isinstance(x, (int, float)) and math.isfinite(x) and x >= 0):
+                raise ValueError(f"PPOConfig.{name} must be a finite number >= 0, got {x=}")
+        for name in ("gamma", "gae_lambda"):
+            x = getattr(self, name)
+            if not (isinstance(x, (int, float)) and 0.0 <= x <= 1.0):
+                raise ValueError(f"PPOConfig.{name} must lie in [0, 1], got {x=}")
+        for name in ("update_epochs", "num_minibatches"):
+            x = getattr(self, name)
+            if not (isinstance(x, int) and not isinstance(x, bool) and x >= 1):
+                raise ValueError(f"PPOConfig.{name} must be an int >= 1, got {x=}")
+        x = self.target_kl
+        if x is not None and not (isinstance(x, (int, float)) and x > 0):
+            raise ValueError(f"PPOConfig.target_kl must be None or > 0, got {x=}")
+
+
+def make_optimizer(policy: nn.Module, cfg: PPOConfig) -> torch.optim.Optimizer:
+    """Adam with CleanRL's epsilon (1e-5) at cfg.learning_rate over every parameter of policy."""
+    return torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+
+
+def compute_gae(rewards: Tensor, values: Tensor, dones: Tensor, next_value: Tensor | float, next_done: Tensor | float,
+                gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimates and returns (advantages + values) over a rollout of T steps.
+
+    rewards, values and dones have shape (T,) or (T, num_envs). CleanRL's convention for dones: dones[t] is 1 when
+    observation t is the first of a new episode (the step before it ended one), so step t bootstraps from step t + 1
+    only when dones[t + 1] is 0. next_value and next_done describe the observation after the last step.
+    """
+    if not (rewards.shape == values.shape == dones.shape) or rewards.ndim not in (1, 2) or len(rewards) == 0:
+        raise ValueError(f"rewards, values and dones need one equal shape (T,) or (T, N), got "
+                         f"{tuple(rewards.shape)=}, {tuple(values.shape)=}, {tuple(dones.shape)=}")
+    rewards, values, dones = rewards.float(), values.float(), dones.float()
+    next_value = torch.as_tensor(next_value, dtype=torch.float32, device=values.device)
+    next_done = torch.as_tensor(next_done, dtype=torch.float32, device=values.device)
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        if t == len(rewards) - 1:
+            nextnonterminal, nextvalues = 1.0 - next_done, next_value
+        else:
+            nextnonterminal, nextvalues = 1.0 - dones[t + 1], values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    return advantages, advantages + values
+
+
+def make_batch(obs: Any, actions: Any, logprobs: Any, rewards: Any, values: Any, dones: Any, next_value: float,
+               next_done: float, cfg: PPOConfig, masks: Any = None) -> dict[str, Tensor]:
+    """Turn one rollout of T single-environment steps (lists or arrays, step t in row t) into ppo_step's batch.
+
+    obs: (T, obs_dim); actions, logprobs, rewards, values, dones: (T,); masks: (T, num_actions) bools or None.
+    """
+    b = {
+        "b_obs": torch.as_tensor(np.asarray(obs, dtype=np.float32)),
+        "b_actions": torch.as_tensor(np.asarray(actions, dtype=np.int64)),
+        "b_logprobs": torch.as_tensor(np.asarray(logprobs, dtype=np.float32)),
+        "b_values": torch.as_tensor(np.asarray(values, dtype=np.float32)),
+    }
+    rewards_t = torch.as_tensor(np.asarray(rewards, dtype=np.float32))
+    dones_t = torch.as_tensor(np.asarray(dones, dtype=np.float32))
+    b["b_advantages"], b["b_returns"] = compute_gae(rewards_t, b["b_values"], dones_t, next_value, next_done,
+                                                    cfg.gamma, cfg.gae_lambda)
+    if masks is not None:
+        b["b_masks"] = torch.as_tensor(np.asarray(masks, dtype=bool))
+    return b
+
+
+def ppo_loss(policy: nn.Module, mb: dict[str, Tensor], cfg: PPOConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's total loss on one minibatch (keys as in ppo_step) and its parts, detached, under CleanRL's names."""
+    _, newlogprob, entropy, newvalue = policy.get_action_and_value(mb["b_obs"], mb["b_actions"].long(),
+                                                                   mask=mb.get("b_masks"))
+    logratio = newlogprob - mb["b_logprobs"]
+    ratio = logratio.exp()
+    with torch.no_grad():
+        old_approx_kl = (-logratio).mean()
+        approx_kl = ((ratio - 1) - logratio).mean()  # the low-variance k3 estimator of KL(old || new)
+        clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+
+    mb_advantages = mb["b_advantages"]
+    if cfg.norm_adv and len(mb_advantages) > 1:
+        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+    pg_loss1 = -mb_advantages * ratio
+    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+    newvalue = newvalue.view(-1)
+    if cfg.clip_vloss:
+        v_loss_unclipped = (newvalue - mb["b_returns"]) ** 2
+        v_clipped = mb["b_values"] + torch.clamp(newvalue - mb["b_values"], -cfg.clip_coef, cfg.clip_coef)
+        v_loss_clipped = (v_clipped - mb["b_returns"]) ** 2
+        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+    else:
+        v_loss = 0.5 * ((newvalue - mb["b_returns"]) ** 2).mean()
+
+    entropy_loss = entropy.mean()
+    loss = pg_loss - cfg.ent_coef * entropy_loss + v_loss * cfg.vf_coef
+    parts = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy_loss, "old_approx_kl": old_approx_kl,
+             "approx_kl": approx_kl, "clipfrac": clipfrac}
+    return loss, {k: v.detach() for k, v in parts.items()}
+
+
+def ppo_step(policy: nn.Module, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer, cfg: PPOConfig,
+             generator: torch.Generator | None = None) -> dict[str, float]:
+    """Update policy on one batch: cfg.update_epochs passes of shuffled minibatches, each a clipped-objective step.
+
+    batch holds b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values (first dimension = batch) and
+    optionally b_masks (bool, batch x num_actions, True = allowed). generator fixes the minibatch order.
+    Returns the last minibatch's losses (as CleanRL logs them), the mean clip fraction over all minibatches and the
+    value function's explained variance on the batch, all under `losses/`.
+    """
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"ppo_step's batch lacks {missing}; build it with kit.ppo.make_batch, got {sorted(batch)=}")
+    batch_size = len(batch["b_obs"])
+    if batch_size == 0 or any(len(v) != batch_size for v in batch.values() if v is not None):
+        raise ValueError(f"ppo_step needs a non-empty batch with one length for every b_* tensor, got "
+                         f"{ {k: len(v) for k, v in batch.items() if v is not None} }")
+    device = next(policy.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items() if v is not None}
+    minibatch_size = max(1, math.ceil(batch_size / cfg.num_minibatches))
+
+    was_training = policy.training
+    policy.train()
+    clipfracs: list[float] = []
+    parts: dict[str, Tensor] = {}
+    stop = False
+    for _epoch in range(cfg.update_epochs):
+        b_inds = torch.randperm(batch_size, generator=generator).to(device)
+        for start in range(0, batch_size, minibatch_size):
+            mb_inds = b_inds[start:start + minibatch_size]
+            loss, parts = ppo_loss(policy, {k: v[mb_inds] for k, v in batch.items()}, cfg)
+            clipfracs.append(parts["clipfrac"].item())
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            if cfg.target_kl is not None and parts["approx_kl"].item() > cfg.target_kl:
+                stop = True
+                break
+        if stop:
+            break
+    policy.train(was_training)
+
+    y_pred, y_true = batch["b_values"].cpu().numpy(), batch["b_returns"].cpu().numpy()
+    var_y = np.var(y_true)
+    explained_var = math.nan if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
+    stats = {f"losses/{k}": float(v.item()) for k, v in parts.items() if k != "clipfrac"}
+    stats["losses/clipfrac"] = float(np.mean(clipfracs))
+    stats["losses/explained_variance"] = explained_var
+    return stats
