@@ -134,8 +134,12 @@ def main() -> int:
     for budget, r in runs:
         lines.append(f"| {budget:.0f} | {r.total_seconds:.1f} | {100 * (r.total_seconds / budget - 1):.1f} % | "
                      f"{r.val_bpb:.4f} | {r.num_steps} |")
+    verdicts = [f"{b:.0f} s: {100 * (r.total_seconds / b - 1):.1f} % against {target} % "
+                f"({'met' if 100 * (r.total_seconds / b - 1) <= target else 'not met'})"
+                for b, r in runs for target in [10 if b < 300 else 3]]
     lines += ["", "Targets: at most 10 % at the profile's own budget (60 s), at most 3 % at 300 s. "
-              "autoresearch's own runs spend about 8.6 % (325.9 s for 300 s of training).", "",
+              "autoresearch's own runs spend about 8.6 % (325.9 s for 300 s of training). "
+              f"This run: {'; '.join(verdicts)}.", "",
               "### Where the time goes (seconds)", "",
               "| phase | " + " | ".join(f"run {i + 1} ({b:.0f} s)" for i, (b, _) in enumerate(runs)) + " |",
               "|---|" + "---:|" * len(runs)]

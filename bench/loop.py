@@ -87,7 +87,7 @@ def main() -> int:
                       peak_mem_mb=600.0, training_seconds=60.0, total_seconds=66.0, seed=1337, code_hash=digest)
         git = _Git(Path(tmp) / "repo")
         git.init(source)
-        versions = [candidate, source]
+        versions = [source, candidate]
 
         def commit():  # alternate the two versions so every commit has a change
             versions.reverse()

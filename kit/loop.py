@@ -149,10 +149,9 @@ class ResearchLoop:
         self.memory = Memory()
         for r in records:
             self.memory.add(self._experiment(r))
-        noise = [r.val_bpb for r in records if r.policy == NOISE_POLICY and r.val_bpb is not None]
-        self.noise_values = noise
-        agent_accepted = [r for r in accepted if r.policy != NOISE_POLICY]
-        self.incumbent = agent_accepted[-1].val_bpb if agent_accepted else (statistics.mean(noise) if noise else None)
+        self.noise_values = [r.val_bpb for r in records if r.policy == NOISE_POLICY and r.val_bpb is not None]
+        # the incumbent is the last kept run; agent runs use the frozen seed, as the first noise-floor run does
+        self.incumbent = accepted[-1].val_bpb if accepted else None
         self.policy = make_policy(self.config.policy, len(self.catalog), self._observation(self.source).size,
                                   edits.knobs(self.source), seed=self.config.seed)
         self.optimizer = None
@@ -270,15 +269,16 @@ class ResearchLoop:
         n = self._noise_runs()
         seed = prepare.get_profile(self.config.profile).seed + n
         result = run_experiment(self.source, self._experiment_dir(), self._harness(seed))
-        first = n == 0
+        # The first ok baseline is kept: the run to beat (seed n = 0 is the frozen seed every agent run uses).
+        keep = result.status is Status.OK and self.incumbent is None
         if result.status is Status.OK:
             self.noise_values.append(result.val_bpb)
-            self.incumbent = statistics.mean(self.noise_values)
-        reward = Reward(0.0, {})
+        if keep:
+            self.incumbent = result.val_bpb
         self._record(result, description=f"baseline (noise floor, seed {seed})", diff="", policy=NOISE_POLICY,
-                     reward=reward, accepted=first and result.status is Status.OK,
-                     commit=self.ledger.get_meta("baseline_commit") if first else None,
-                     parent=None if first else self.git("rev-parse", "HEAD"), source=self.source, stats={})
+                     reward=Reward(0.0, {}), accepted=keep,
+                     commit=self.ledger.get_meta("baseline_commit") if keep else None,
+                     parent=None if keep else self.git("rev-parse", "HEAD"), source=self.source, stats={})
 
     def _step(self) -> None:
         observation = self._observation(self.source)
