@@ -18,6 +18,7 @@ from __future__ import annotations
 import signal
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -197,7 +198,8 @@ class ResearchLoop:
     def run(self) -> str:
         """Run until the oracle, a stop, or a pause; write the report; return why it stopped."""
         started = time.monotonic()
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        in_main_thread = threading.current_thread() is threading.main_thread()  # a notebook may run us in a thread
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
         try:
             while True:
                 reason = self._stop_reason(started)
@@ -214,7 +216,8 @@ class ResearchLoop:
                     (self.run_dir / "PAUSED").write_text(reason + "\n")
                     break
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
             write_report(self.run_dir, self.ledger)
         self._emit({"event": "stopped", "reason": reason})
         return reason
