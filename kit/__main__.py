@@ -4,6 +4,7 @@
     python -m kit experiment [train.py] --profile {smoke,cpu,gpu} [--budget S] [--run-dir DIR] [--json]
     python -m kit loop --profile cpu --policy {ppo,random,greedy,tpe,cmaes} [--iterations N] [--hours H] [--run-dir DIR]
     python -m kit report RUN_DIR
+    python -m kit bench record --profile cpu --runs N [--out data/curves-cpu.jsonl.gz]
 
 Owns: argument parsing, one-line errors for bad input (exit 2), and printing results.
 Does not own: any of the work (kit/harness.py, prepare.py).
@@ -73,6 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--train-py", type=Path, default=REPO_ROOT / "train.py", help="baseline of a new run directory")
     loop.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"), default="auto")
 
+    bench = commands.add_parser("bench", help="record learning curves; benchmark early stopping")
+    benches = bench.add_subparsers(dest="bench", required=True, parser_class=_OneLineParser)
+    rec = benches.add_parser("record", help="run full experiments of train.py and random edits of it; append each "
+                             "run's curve to a dataset (resumes)")
+    rec.add_argument("--profile", choices=PROFILES, default="cpu")
+    rec.add_argument("--runs", type=_positive_int, required=True, help="stop once the dataset holds this many runs")
+    rec.add_argument("--out", type=Path, default=None, help="default: data/curves-<profile>.jsonl.gz")
+    rec.add_argument("--seed", type=int, default=0, help="seed of the choice of runs")
+    rec.add_argument("--budget", type=_positive, default=None, help="training seconds (default: the profile's)")
+    rec.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"), default="auto")
+
     report = commands.add_parser("report", help="write results.tsv, progress.png and summary.md of a run directory")
     report.add_argument("run_dir", type=Path)
     return parser
@@ -114,6 +126,17 @@ def _report(args: argparse.Namespace) -> int:
     with Ledger(args.run_dir, readonly=True) as ledger:
         paths = write_report(args.run_dir, ledger)
     print("\n".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from kit import curves
+
+    _ensure_data(args.profile)
+    out = args.out or REPO_ROOT / "data" / f"curves-{args.profile}.jsonl.gz"
+    records = curves.record(out, args.runs, profile=args.profile, seed=args.seed, budget=args.budget,
+                            sandbox=args.sandbox)
+    print(f"{len(records)} runs in {out}")
     return 0
 
 
@@ -165,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             return _loop(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "bench":
+            return _bench(args)
         return _experiment(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
