@@ -3,8 +3,10 @@
     python -m kit prepare --profile cpu
     python -m kit experiment [train.py] --profile {smoke,cpu,gpu} [--budget S] [--run-dir DIR] [--json]
     python -m kit loop --profile cpu --policy {ppo,random,greedy,tpe,cmaes} [--iterations N] [--hours H] [--run-dir DIR]
+                       [--early-stopping {power-law,linear,same-progress,none}]
     python -m kit report RUN_DIR
     python -m kit bench record --profile cpu --runs N [--out data/curves-cpu.jsonl.gz]
+    python -m kit bench early-stopping [--curves data/curves-cpu.jsonl.gz] [--orders 50]
 
 Owns: argument parsing, one-line errors for bad input (exit 2), and printing results.
 Does not own: any of the work (kit/harness.py, prepare.py).
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from kit.harness import REPO_ROOT, HarnessConfig, run_experiment
 from kit.policy import POLICIES
+from kit.predictor import RULES
 
 PROFILES = ("smoke", "cpu", "gpu")
 
@@ -73,9 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--budget", type=_positive, default=None, help="training seconds (default: the profile's)")
     loop.add_argument("--train-py", type=Path, default=REPO_ROOT / "train.py", help="baseline of a new run directory")
     loop.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"), default="auto")
+    loop.add_argument("--early-stopping", choices=(*RULES, "none"), default="power-law",
+                      help="stop rule asked while a run trains (default: power-law)")
 
     bench = commands.add_parser("bench", help="record learning curves; benchmark early stopping")
-    benches = bench.add_subparsers(dest="bench", required=True, parser_class=_OneLineParser)
+    benches = bench.add_subparsers(dest="bench", required=True, parser_class=_OneLineParser,
+                                    metavar="{record,early-stopping}")
     rec = benches.add_parser("record", help="run full experiments of train.py and random edits of it; append each "
                              "run's curve to a dataset (resumes)")
     rec.add_argument("--profile", choices=PROFILES, default="cpu")
@@ -84,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=0, help="seed of the choice of runs")
     rec.add_argument("--budget", type=_positive, default=None, help="training seconds (default: the profile's)")
     rec.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"), default="auto")
+
+    stop = benches.add_parser("early-stopping", help="replay recorded curves under every stop rule and Optuna's "
+                              "pruners; write bench/early_stopping.md and a plot")
+    stop.add_argument("--curves", type=Path, default=REPO_ROOT / "data" / "curves-cpu.jsonl.gz")
+    stop.add_argument("--orders", type=_positive_int, default=50, help="random orders of the runs to replay")
+    stop.add_argument("--seed", type=int, default=0)
+    stop.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "early_stopping.md")
 
     report = commands.add_parser("report", help="write results.tsv, progress.png and summary.md of a run directory")
     report.add_argument("run_dir", type=Path)
@@ -109,7 +123,7 @@ def _loop(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path("runs") / f"{args.policy}-{args.profile}"
     config = LoopConfig(run_dir=run_dir, profile=args.profile, policy=args.policy, iterations=args.iterations,
                         hours=args.hours, gpu_hours=args.gpu_hours, seed=args.seed, budget=args.budget,
-                        train_py=args.train_py, sandbox=args.sandbox)
+                        train_py=args.train_py, sandbox=args.sandbox, early_stopping=args.early_stopping)
     try:
         reason = run_loop(config)
     except LedgerLocked as error:
@@ -132,11 +146,35 @@ def _report(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from kit import curves
 
+    if args.bench == "early-stopping":
+        return _early_stopping(args)
     _ensure_data(args.profile)
     out = args.out or REPO_ROOT / "data" / f"curves-{args.profile}.jsonl.gz"
     records = curves.record(out, args.runs, profile=args.profile, seed=args.seed, budget=args.budget,
                             sandbox=args.sandbox)
     print(f"{len(records)} runs in {out}")
+    return 0
+
+
+def _early_stopping(args: argparse.Namespace) -> int:
+    import platform
+
+    from kit import curves, stopping_bench
+
+    if not args.curves.exists():
+        raise UsageError(f"no recorded curves at {args.curves}: record some with "
+                         "`python -m kit bench record --profile cpu --runs 150`")
+    records = curves.read_dataset(args.curves)
+    runs = stopping_bench.load_runs(records)
+    try:
+        summaries = stopping_bench.run_benchmark(runs, args.orders, seed=args.seed)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    devices = sorted({str(r.get("device")) for r in records})
+    machine = f"curves recorded on {', '.join(devices)}; replayed on {platform.machine()} with {os.cpu_count()} cores"
+    command = f"python -m kit bench early-stopping --curves {args.curves.name} --orders {args.orders}"
+    out = stopping_bench.write_report(summaries, runs, records, args.orders, args.out, machine, command)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 

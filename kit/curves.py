@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -131,7 +132,13 @@ def _commit() -> str | None:
         return None
 
 
-def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: float, load: tuple) -> dict:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: float, load: tuple,
+              cpu_share: float) -> dict:
     """The dataset's row for one run: enough to replay its curve and rebuild its train.py from the baseline."""
     knobs = edits.knobs(baseline)
     return {
@@ -143,7 +150,10 @@ def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: 
         "curve": [[round(t, 3), round(loss, 5)] for t, loss in result.curve],
         "device": result.fingerprint.get("device"), "profile": result.fingerprint.get("profile"),
         "baseline_sha256": hashlib.sha256(baseline.encode()).hexdigest()[:16], "kit_commit": _commit(),
-        "loadavg": [round(x, 2) for x in load], "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # cpu_share: CPU seconds of the run's processes / (wall seconds × cores); a share far below what a lone run
+        # gets says something else was running and the run got fewer steps than it would have
+        "loadavg": [round(x, 2) for x in load], "cpu_share": round(cpu_share, 3),
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
@@ -164,11 +174,12 @@ def record(out: Path, runs: int, profile: str = "cpu", seed: int = 0, budget: fl
         source = edits.set_values(baseline, plan.values)
         run_dir = work_dir / f"{index:05d}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        load_before = os.getloadavg()[0]
+        load_before, cpu_before, wall_before = os.getloadavg()[0], _children_cpu(), time.monotonic()
         result = run_experiment(source, run_dir, HarnessConfig(profile=profile, budget=budget, seed=plan.seed,
                                                                sandbox=sandbox))
         (run_dir / "model.pt2").unlink(missing_ok=True)  # the curve and result.json are what we keep
-        row = to_record(index, plan, result, baseline, budget, (load_before, os.getloadavg()[0]))
+        cpu_share = (_children_cpu() - cpu_before) / ((time.monotonic() - wall_before) * (os.cpu_count() or 1))
+        row = to_record(index, plan, result, baseline, budget, (load_before, os.getloadavg()[0]), cpu_share)
         _append(out, row)
         records.append(row)
         shown = f"{result.val_bpb:.4f}" if result.val_bpb is not None else result.status.value

@@ -33,6 +33,7 @@ from kit.ledger import Ledger, Record, write_report
 from kit.memory import Experiment, Memory, code_hash
 from kit.policy import POLICIES, OperatorPolicy, Proposal, State, make_policy
 from kit.ppo import PPOConfig, compute_gae, ppo_step
+from kit.predictor import RULES, EarlyStopper, Reference, make_rule
 from kit.reward import Reward, RewardConfig, compute_reward
 
 FAILURES = {Status.CRASH, Status.TIMEOUT, Status.REJECTED, Status.TAMPERED}
@@ -76,6 +77,8 @@ class LoopConfig:
     """Recent experiments the convergence estimate looks at (and needs before it may fire)."""
     sandbox: str = "auto"
     """Sandbox backend of the harness."""
+    early_stopping: str = "power-law"
+    """Stop rule of kit.predictor asked while a run trains (power-law, linear, same-progress), or none."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
 
@@ -86,6 +89,8 @@ class LoopConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, got {value=}")
+        if self.early_stopping != "none" and self.early_stopping not in RULES:
+            raise ValueError(f"early_stopping must be none or one of {', '.join(RULES)}, got {self.early_stopping=}")
         if self.noise_repeats < 1 or self.max_failures < 1 or self.ppo_every < 2:
             raise ValueError(f"noise_repeats, max_failures >= 1 and ppo_every >= 2, got {self.noise_repeats=}, "
                              f"{self.max_failures=}, {self.ppo_every=}")
@@ -153,6 +158,9 @@ class ResearchLoop:
         self.noise_values = [r.val_bpb for r in records if r.policy == NOISE_POLICY and r.val_bpb is not None]
         # the incumbent is the last kept run; agent runs use the frozen seed, as the first noise-floor run does
         self.incumbent = accepted[-1].val_bpb if accepted else None
+        self.incumbent_curve = tuple(map(tuple, accepted[-1].curve)) if accepted else ()
+        self.stop_rule = None if self.config.early_stopping == "none" else make_rule(self.config.early_stopping,
+                                                                                     self._budget())
         self.policy = make_policy(self.config.policy, len(self.catalog), self._observation(self.source).size,
                                   edits.knobs(self.source), seed=self.config.seed)
         self.optimizer = None
@@ -271,13 +279,14 @@ class ResearchLoop:
 
         n = self._noise_runs()
         seed = prepare.get_profile(self.config.profile).seed + n
-        result = run_experiment(self.source, self._experiment_dir(), self._harness(seed))
+        result = run_experiment(self.source, self._experiment_dir(), self._harness(seed),
+                                monitor=_Watch(None, self._emit))
         # The first ok baseline is kept: the run to beat (seed n = 0 is the frozen seed every agent run uses).
         keep = result.status is Status.OK and self.incumbent is None
         if result.status is Status.OK:
             self.noise_values.append(result.val_bpb)
         if keep:
-            self.incumbent = result.val_bpb
+            self.incumbent, self.incumbent_curve = result.val_bpb, result.curve
         self._record(result, description=f"baseline (noise floor, seed {seed})", diff="", policy=NOISE_POLICY,
                      reward=Reward(0.0, {}), accepted=keep,
                      commit=self.ledger.get_meta("baseline_commit") if keep else None,
@@ -304,11 +313,15 @@ class ResearchLoop:
             penalty = self.config.reward.duplicate if not edit_error else self.config.reward.rejected
             result = self._not_run(why)
             reward = Reward(penalty, {"duplicate" if not edit_error else "rejected": penalty})
-            duplicate = not edit_error
+            duplicate, predictions = not edit_error, []
         else:
-            result = run_experiment(candidate, self._experiment_dir(), self._harness(None))
+            monitor = self._monitor()
+            result = run_experiment(candidate, self._experiment_dir(), self._harness(None), monitor=monitor)
+            predicted = monitor.last_prediction
+            predictions = [d.to_json() for d in monitor.decisions]
             reward = compute_reward(result.status.value, result.val_bpb, self.incumbent, result.total_seconds,
-                                    self._budget(), list(result.curve), config=self.config.reward)
+                                    self._budget(), list(result.curve), predicted=predicted,
+                                    config=self.config.reward)
             duplicate = False
         timer = time.perf_counter()
         accepted = (result.status is Status.OK and self.incumbent is not None
@@ -316,14 +329,14 @@ class ResearchLoop:
         commit, parent = None, self.git("rev-parse", "HEAD")
         if accepted:
             commit = self.git.commit(candidate, proposal.description)
-            self.source, self.incumbent = candidate, result.val_bpb
+            self.source, self.incumbent, self.incumbent_curve = candidate, result.val_bpb, result.curve
         self.policy.observe(proposal, result.val_bpb, accepted)
         stats = self._learn(proposal, observation, state.mask, reward.total)
         self._save_policy()  # before the record: a kill in between costs the policy one outcome, not the ledger
         stats["agent_seconds"] = agent_seconds + time.perf_counter() - timer
         self._record(result, description=proposal.description, diff=diff, policy=self.config.policy, reward=reward,
                      accepted=accepted, commit=commit, parent=parent, source=candidate, stats=stats,
-                     duplicate=duplicate)
+                     duplicate=duplicate, predictions=predictions)
 
     def _learn(self, proposal: Proposal, observation: np.ndarray, mask: np.ndarray, reward: float) -> dict:
         """PPO bookkeeping: store the transition; every ppo_every transitions, one update."""
@@ -352,6 +365,15 @@ class ResearchLoop:
 
     # records ------------------------------------------------------------------------------------------------
 
+    def _monitor(self) -> _Watch:
+        """The harness monitor of the next run: the stop rule against the incumbent's curve (none before there is
+        an incumbent, or with early_stopping none), and a progress event per point for the dashboard."""
+        stopper = None
+        if self.stop_rule is not None and self.incumbent is not None and self.incumbent_curve:
+            incumbent = Reference(tuple(self.incumbent_curve), self.incumbent, self._budget())
+            stopper = EarlyStopper(self.stop_rule, incumbent)
+        return _Watch(stopper, self._emit)
+
     def _budget(self) -> float:
         import prepare
 
@@ -366,12 +388,13 @@ class ResearchLoop:
 
     def _record(self, result: RunResult, *, description: str, diff: str, policy: str, reward: Reward,
                 accepted: bool, commit: str | None, parent: str | None, source: str, stats: dict,
-                duplicate: bool = False) -> None:
+                duplicate: bool = False, predictions: list | None = None) -> None:
         iteration = len(self.ledger) + 1
         record = Record(iteration=iteration, policy=policy, description=description, diff=diff, parent_commit=parent,
                         commit=commit, status=result.status.value, reason=result.reason, val_bpb=result.val_bpb,
                         reward=reward.total, reward_parts=reward.parts, accepted=accepted, curve=list(result.curve),
-                        predictions=[], timings=result.timings, policy_stats=stats, fingerprint=result.fingerprint,
+                        predictions=predictions or [], timings=result.timings, policy_stats=stats,
+                        fingerprint=result.fingerprint,
                         peak_mem_mb=result.peak_mem_mb, training_seconds=result.training_seconds,
                         total_seconds=result.total_seconds, seed=result.seed, code_hash=code_hash(source))
         self.ledger.append(record)
@@ -388,6 +411,28 @@ class ResearchLoop:
     def _emit(self, event: dict) -> None:
         if self.on_event is not None:
             self.on_event(event)
+
+
+class _Watch:
+    """What the harness calls after each progress line: the early stopper if any, and a progress event."""
+
+    def __init__(self, stopper: EarlyStopper | None, emit: Callable[[dict], None]):
+        self.stopper, self.emit = stopper, emit
+        self.decisions: list = []
+
+    def __call__(self, curve) -> str | None:
+        reason, decision = None, None
+        if self.stopper is not None:
+            reason = self.stopper(curve)
+            if len(self.stopper.decisions) > len(self.decisions):
+                decision = self.stopper.decisions[-1]
+                self.decisions.append(decision)
+        self.emit({"event": "progress", "point": curve[-1], "decision": decision})
+        return reason
+
+    @property
+    def last_prediction(self) -> float | None:
+        return self.stopper.last_prediction if self.stopper is not None else None
 
 
 def _why(result: RunResult) -> str:
