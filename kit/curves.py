@@ -13,9 +13,9 @@ import gzip
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -132,13 +132,71 @@ def _commit() -> str | None:
         return None
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+class CpuWatch:
+    """CPU seconds of this process's descendants and of the whole machine while a run goes on, sampled from /proc
+    (the sandbox kills its processes unreaped, so rusage never sees them). `others` is what the rest of the machine
+    used: a recorded run that shared the cores got fewer steps than it would have alone."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.ours = interval, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> CpuWatch:
+        self.wall, self.machine = time.monotonic(), _machine_busy()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        ticks = os.sysconf("SC_CLK_TCK")
+        self.wall = time.monotonic() - self.wall
+        self.machine = (_machine_busy() - self.machine) / ticks
+        self.own = sum(self.ours.values()) / ticks
+        capacity = self.wall * (os.cpu_count() or 1)
+        self.own_share = self.own / capacity
+        self.others_share = max(self.machine - self.own, 0.0) / capacity
+
+    def _sample(self) -> None:
+        while True:
+            for pid, ticks in _descendants(os.getpid()).items():
+                self.ours[pid] = max(ticks, self.ours.get(pid, 0))
+            if self._stop.wait(self.interval):
+                return
+
+
+def _machine_busy() -> int:
+    """Busy clock ticks of all cores since boot (user, nice, system, irq, softirq, steal)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+
+
+def _descendants(root: int) -> dict[int, int]:
+    """utime + stime ticks of every live descendant of root."""
+    parents, ticks = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    out = {}
+    for pid in ticks:
+        p = pid
+        while p in parents and p != root and p > 1:
+            p = parents[p]
+        if p == root and pid != root:
+            out[pid] = ticks[pid]
+    return out
 
 
 def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: float, load: tuple,
-              cpu_share: float) -> dict:
+              cpu: CpuWatch) -> dict:
     """The dataset's row for one run: enough to replay its curve and rebuild its train.py from the baseline."""
     knobs = edits.knobs(baseline)
     return {
@@ -150,9 +208,9 @@ def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: 
         "curve": [[round(t, 3), round(loss, 5)] for t, loss in result.curve],
         "device": result.fingerprint.get("device"), "profile": result.fingerprint.get("profile"),
         "baseline_sha256": hashlib.sha256(baseline.encode()).hexdigest()[:16], "kit_commit": _commit(),
-        # cpu_share: CPU seconds of the run's processes / (wall seconds × cores); a share far below what a lone run
-        # gets says something else was running and the run got fewer steps than it would have
-        "loadavg": [round(x, 2) for x in load], "cpu_share": round(cpu_share, 3),
+        # shares of the machine's CPU (wall seconds × cores) used by the run's processes and by everything else
+        "loadavg": [round(x, 2) for x in load], "cpu_share": round(cpu.own_share, 3),
+        "others_cpu_share": round(cpu.others_share, 3),
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -174,12 +232,12 @@ def record(out: Path, runs: int, profile: str = "cpu", seed: int = 0, budget: fl
         source = edits.set_values(baseline, plan.values)
         run_dir = work_dir / f"{index:05d}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        load_before, cpu_before, wall_before = os.getloadavg()[0], _children_cpu(), time.monotonic()
-        result = run_experiment(source, run_dir, HarnessConfig(profile=profile, budget=budget, seed=plan.seed,
-                                                               sandbox=sandbox))
+        load_before = os.getloadavg()[0]
+        with CpuWatch() as cpu:
+            result = run_experiment(source, run_dir, HarnessConfig(profile=profile, budget=budget, seed=plan.seed,
+                                                                   sandbox=sandbox))
         (run_dir / "model.pt2").unlink(missing_ok=True)  # the curve and result.json are what we keep
-        cpu_share = (_children_cpu() - cpu_before) / ((time.monotonic() - wall_before) * (os.cpu_count() or 1))
-        row = to_record(index, plan, result, baseline, budget, (load_before, os.getloadavg()[0]), cpu_share)
+        row = to_record(index, plan, result, baseline, budget, (load_before, os.getloadavg()[0]), cpu)
         _append(out, row)
         records.append(row)
         shown = f"{result.val_bpb:.4f}" if result.val_bpb is not None else result.status.value
