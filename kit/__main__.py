@@ -3,7 +3,7 @@
     python -m kit prepare --profile cpu
     python -m kit experiment [train.py] --profile {smoke,cpu,gpu} [--budget S] [--run-dir DIR] [--json]
     python -m kit loop --profile cpu --policy {ppo,random,greedy,tpe,cmaes} [--iterations N] [--hours H] [--run-dir DIR]
-                       [--early-stopping {power-law,linear,same-progress,none}]
+                       [--early-stopping {power-law,linear,same-progress,calibrated,none}]
     python -m kit report RUN_DIR
     python -m kit bench record --profile cpu --runs N [--out data/curves-cpu.jsonl.gz]
     python -m kit bench early-stopping [--curves data/curves-cpu.jsonl.gz] [--orders 50]

@@ -10,7 +10,9 @@ Does not own: running one experiment (kit/harness.py), the action space (kit/edi
     RUN_DIR/repo/train.py      train.py on branch autoresearch; an accepted edit is a commit
     RUN_DIR/experiments/NNNNN  one harness run directory per experiment
     RUN_DIR/policy.pt          policy weights, optimizer and rollout buffer
-    RUN_DIR/STOP, RUN_DIR/PAUSED   create STOP to stop after the running experiment; PAUSED explains a pause
+    RUN_DIR/STOP, RUN_DIR/HOLD     create STOP to stop after the running experiment; while HOLD exists no new
+                                   experiment starts (the dashboard's pause button)
+    RUN_DIR/PAUSED             why the loop stopped itself after failures in a row
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from kit.reward import Reward, RewardConfig, compute_reward
 FAILURES = {Status.CRASH, Status.TIMEOUT, Status.REJECTED, Status.TAMPERED}
 NOISE_POLICY = "noise-floor"
 BRANCH = "autoresearch"
+STOP_FILE, HOLD_FILE = "STOP", "HOLD"
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,8 @@ class ResearchLoop:
         self.incumbent_curve = tuple(map(tuple, accepted[-1].curve)) if accepted else ()
         self.stop_rule = None if self.config.early_stopping == "none" else make_rule(self.config.early_stopping,
                                                                                      self._budget())
+        for r in records:
+            self._learn_curve(r.status, r.curve, r.val_bpb)
         self.policy = make_policy(self.config.policy, len(self.catalog), self._observation(self.source).size,
                                   edits.knobs(self.source), seed=self.config.seed)
         self.optimizer = None
@@ -210,6 +215,7 @@ class ResearchLoop:
         previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
         try:
             while True:
+                self._hold()
                 reason = self._stop_reason(started)
                 if reason:
                     break
@@ -239,12 +245,23 @@ class ResearchLoop:
         self.interrupted = True
         print("stopping after the running experiment is recorded (Ctrl-C again to abort it)")
 
+    def _hold(self) -> None:
+        """Wait while RUN_DIR/HOLD exists (a stop file or Ctrl-C ends the wait)."""
+        hold = self.run_dir / HOLD_FILE
+        if not hold.exists():
+            return
+        print(f"on hold: no new experiment until {hold} is removed (the dashboard's Resume button does that)",
+              flush=True)
+        self._emit({"event": "hold"})
+        while hold.exists() and not self.interrupted and not (self.run_dir / STOP_FILE).exists():
+            time.sleep(0.5)
+
     def _stop_reason(self, started: float) -> str | None:
         c = self.config
         records = self.ledger.records()
         if self.interrupted:
             return "stopped by Ctrl-C"
-        stop_file = self.run_dir / "STOP"
+        stop_file = self.run_dir / STOP_FILE
         if stop_file.exists():
             stop_file.unlink()
             return f"stopped by the stop file {stop_file}"
@@ -374,6 +391,11 @@ class ResearchLoop:
             stopper = EarlyStopper(self.stop_rule, incumbent)
         return _Watch(stopper, self._emit)
 
+    def _learn_curve(self, status: str, curve, val_bpb: float | None) -> None:
+        """Tell the stop rule of a run that finished (the calibrated rule learns from them)."""
+        if self.stop_rule is not None and status == Status.OK and val_bpb is not None and curve:
+            self.stop_rule.learn(Reference(tuple(map(tuple, curve)), val_bpb, self._budget()))
+
     def _budget(self) -> float:
         import prepare
 
@@ -399,6 +421,7 @@ class ResearchLoop:
                         total_seconds=result.total_seconds, seed=result.seed, code_hash=code_hash(source))
         self.ledger.append(record)
         self.memory.add(self._experiment(record))
+        self._learn_curve(result.status, result.curve, result.val_bpb)
         # a duplicate was never run, so it says nothing about whether train.py still works
         if not duplicate:
             self.failures = self.failures + 1 if result.status in FAILURES else 0

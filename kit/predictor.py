@@ -231,6 +231,9 @@ class Rule:
     def _decide(self, u: np.ndarray, y: np.ndarray, incumbent: Reference) -> Decision:
         raise NotImplementedError
 
+    def learn(self, finished: Reference) -> None:
+        """Told of every run that finished with a val_bpb (the loop's and the replay's); most rules ignore it."""
+
 
 class PowerLawRule(Rule):
     config = PowerLawConfig()
@@ -315,10 +318,77 @@ class SameProgressRule(Rule):
                         f"{now:.0%} of the budget (gap {gap:+.4f}, ±{noise:.4f})", predicted_loss=predicted_loss)
 
 
+@dataclass(frozen=True)
+class CalibratedConfig(CheckConfig):
+    """Learn from the runs that finished how a loss gap at a given share of the budget turns into a val_bpb gap at
+    the end: over every pair of finished runs, val_bpb difference ≈ slope × difference of their mean losses over
+    the last `width` of the budget at that progress. Stop when the run's predicted val_bpb minus z residual
+    standard deviations is still worse than the incumbent's. Says nothing until min_history runs have finished."""
+
+    width: float = 0.05
+    z: float = 2.0
+    min_history: int = 8
+
+
+class CalibratedRule(Rule):
+    """Same-progress comparison whose margin is learned from the loop's own finished runs: where curves of this
+    train.py tend to cross late (warm-down, large learning rates, bigger models), the residuals are wide and the
+    rule waits; where the order at this progress holds to the end, it stops early."""
+
+    config = CalibratedConfig()
+
+    def __init__(self, budget: float, config: CalibratedConfig | None = None):
+        super().__init__(budget, config)
+        self.history: list[Reference] = []
+        self._fits: dict[tuple[int, float], tuple[float, float]] = {}
+
+    def learn(self, finished: Reference) -> None:
+        if math.isfinite(finished.val_bpb) and len(finished.curve) >= 4:
+            self.history.append(finished)
+
+    def _model(self, progress: float) -> tuple[float, float] | None:
+        """(slope, residual sd) of val_bpb gap on loss gap over pairs of finished runs at this progress."""
+        key = (len(self.history), round(progress, 3))
+        if key not in self._fits:
+            if len(self._fits) > 1 << 14:
+                self._fits.clear()
+            means, values = [], []
+            for ref in self.history:
+                m = window_mean(*ref.points, progress, self.config.width)[0]
+                if math.isfinite(m):
+                    means.append(m)
+                    values.append(ref.val_bpb)
+            if len(means) < self.config.min_history:
+                return None
+            x = np.subtract.outer(means, means)[np.triu_indices(len(means), 1)]
+            v = np.subtract.outer(values, values)[np.triu_indices(len(means), 1)]
+            slope = float(x @ v / (x @ x)) if x @ x > 0 else 0.0  # through the origin: the pair order is arbitrary
+            self._fits[key] = (slope, float(np.sqrt(np.mean((v - slope * x) ** 2))))
+        return self._fits[key]
+
+    def _decide(self, u, y, incumbent):
+        c: CalibratedConfig = self.config
+        now = float(u[-1])
+        model = self._model(now)
+        if model is None:
+            return Decision(False, None, f"fewer than {c.min_history} finished runs to learn from")
+        mine = window_mean(u, y, now, c.width)[0]
+        theirs = window_mean(*incumbent.points, now, c.width)[0]
+        if not (math.isfinite(mine) and math.isfinite(theirs)):
+            return Decision(False, None, "no points to compare at this progress")
+        slope, spread = model
+        predicted = incumbent.val_bpb + slope * (mine - theirs)
+        stop = predicted - c.z * spread > incumbent.val_bpb
+        return Decision(stop, predicted, f"{'stop' if stop else 'go on'}: val_bpb {predicted:.4f} ± {spread:.4f} "
+                        f"predicted from the loss gap {mine - theirs:+.4f} at {now:.0%} vs incumbent "
+                        f"{incumbent.val_bpb:.4f} ({len(self.history)} runs learned)")
+
+
 RULES: dict[str, tuple[type[Rule], type[CheckConfig]]] = {
     "power-law": (PowerLawRule, PowerLawConfig),
     "linear": (LinearRule, LinearConfig),
     "same-progress": (SameProgressRule, SameProgressConfig),
+    "calibrated": (CalibratedRule, CalibratedConfig),
 }
 """The stop rules by name; 'none' (no early stopping) is the loop's other choice."""
 

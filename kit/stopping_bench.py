@@ -10,6 +10,7 @@ Does not own: the rules (kit/predictor.py) or the recorded curves (kit/curves.py
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ class Run:
     startup_seconds: float
     training_seconds: float
 
-    @property
+    @functools.cached_property
     def reference(self) -> predictor.Reference:
         return predictor.Reference(self.curve, self.val_bpb, self.budget)
 
@@ -101,6 +102,8 @@ def replay_rule(runs: list[Run], order: np.ndarray, make: Callable[[], predictor
             if run.val_bpb < incumbent.val_bpb:
                 out.would_be_best += 1
                 out.false_prunes += stopped_at is not None
+        if stopped_at is None:
+            rule.learn(run.reference)
         incumbent = _account(out, run, stopped_at, incumbent)
     return out
 
@@ -211,6 +214,7 @@ def kit_strategies(budget: float) -> list[tuple[str, str, Callable[[], predictor
     out += [("power-law, equal progress", f"z={z:g}", rule("power-law", z=z)) for z in (2.0, 0.0, 1.0, 4.0)]
     out += [("linear (window 5)", f"margin={m:g}", rule("linear", margin=m)) for m in (1.15, 1.0, 1.05, 1.3)]
     out += [("same progress", f"z={z:g}", rule("same-progress", z=z)) for z in (2.0, 0.0, 1.0, 4.0, 8.0)]
+    out += [("calibrated on finished runs", f"z={z:g}", rule("calibrated", z=z)) for z in (2.0, 1.0, 3.0, 4.0)]
     return out
 
 

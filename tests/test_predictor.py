@@ -148,3 +148,18 @@ def test_live_run_is_pruned_when_clearly_worse_and_not_when_best(tmp_path: Path,
     assert pruned.status is Status.PRUNED, pruned.reason
     assert pruned.val_bpb is None and "early stop" in pruned.reason
     assert pruned.training_seconds < 6.0
+
+
+def test_calibrated_rule_learns_from_finished_runs_before_it_stops_anything():
+    rule = make_rule("calibrated", BUDGET, min_history=6)
+    incumbent = Reference(tuple(power_law_curve(0.8, 0.5, 1.2, 0.02, 0)), 1.4 * 2.0, BUDGET)
+    worse = power_law_curve(0.8, 0.5, 1.6, 0.02, 1)
+    assert run_rule(rule, worse, incumbent)[0] is None  # nothing learned yet: it never stops
+    for i in range(6):  # finished runs whose val_bpb follows their final loss, as real ones do
+        c = 1.0 + 0.1 * i
+        rule.learn(Reference(tuple(power_law_curve(0.8, 0.5, c, 0.02, 10 + i)), 1.4 * (0.8 + c), BUDGET))
+    stopped_at, stopper = run_rule(rule, worse, incumbent)
+    assert stopped_at == pytest.approx(0.1, abs=0.01)
+    assert stopper.decisions[0].predicted == pytest.approx(1.4 * 2.4, rel=0.03)
+    better = power_law_curve(0.8, 0.5, 1.1, 0.02, 2)
+    assert run_rule(rule, better, incumbent)[0] is None

@@ -1,0 +1,93 @@
+"""The dashboard, without a browser: built from a ledger, it follows new records and a running experiment, and
+its buttons hold and stop a real loop."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from kit.dashboard import Dashboard, read_snapshot, render_png, run_notebook_loop
+from kit.ledger import Ledger, Record
+from kit.loop import HOLD_FILE, STOP_FILE, LoopConfig, ResearchLoop
+
+
+def record(iteration: int, status: str, val_bpb, accepted=False, policy="ppo", reward=0.1) -> Record:
+    curve = [[t, 3.0 - 0.02 * t] for t in range(1, 60)]
+    return Record(iteration=iteration, policy=policy, description=f"edit {iteration}", diff="-A = 1\n+A = 2\n",
+                  parent_commit=None, commit=None, status=status, reason="", val_bpb=val_bpb, reward=reward,
+                  reward_parts={"accuracy": reward}, accepted=accepted, curve=curve, predictions=[], timings={},
+                  policy_stats={"policy_loss": 0.01, "approx_kl": 0.002} if iteration % 2 else {},
+                  fingerprint={"device": "cpu"}, peak_mem_mb=None, training_seconds=60.0, total_seconds=70.0,
+                  seed=1337, code_hash=f"h{iteration}")
+
+
+def test_dashboard_follows_the_ledger_and_the_running_experiment(tmp_path: Path):
+    with Ledger(tmp_path) as ledger:
+        ledger.append(record(1, "ok", 2.70, accepted=True, policy="noise-floor"))
+        ledger.append(record(2, "ok", 2.72))
+        ledger.append(record(3, "pruned", None))
+        dashboard = Dashboard(tmp_path, budget=60.0)
+        snap = dashboard.snapshot
+        assert snap.counts == {"kept": 0, "discarded": 1, "pruned": 1, "failed": 0, "rejected": 0, "noise floor": 1}
+        assert snap.best == 2.70 and snap.state == "running" and snap.running_dir is None
+        assert dashboard.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+        assert dashboard.update() is False  # nothing new: nothing redrawn
+
+        ledger.append(record(4, "ok", 2.60, accepted=True, reward=0.5))
+        ledger.append(record(5, "crash", None, reward=-1.0))
+        running = tmp_path / "experiments" / "00006"  # the experiment the loop is running now
+        running.mkdir(parents=True)
+        (tmp_path / "repo").mkdir()
+        (tmp_path / "repo" / "train.py").write_text("A = 1\n")
+        (running / "train.py").write_text("A = 2\n")
+        (running / "train.log").write_text("params: 1M\n" + "".join(
+            f"@progress {json.dumps({'step': i, 't': i * 0.5, 'loss': 3.0 - 0.01 * i, 'tokens': i})}\n"
+            for i in range(1, 41)))
+        assert dashboard.update() is True
+        snap = dashboard.snapshot
+        assert snap.counts["kept"] == 1 and snap.counts["failed"] == 1 and snap.best == 2.60
+        assert len(snap.running_curve) == 40 and snap.running_curve[-1] == (20.0, 2.6)
+        assert "+A = 2" in snap.running_diff and "+A = 2" in dashboard.diff.value
+        assert "2.600000" in dashboard.text.value and "1 failed" in dashboard.text.value
+        assert "-1.000" in dashboard.text.value and "approx_kl" in dashboard.text.value
+        dashboard.close()
+
+
+def test_render_handles_an_empty_run_directory(tmp_path: Path):
+    snapshot = read_snapshot(tmp_path, None)
+    assert snapshot.records == [] and snapshot.best is None
+    assert render_png(snapshot)[:4] == b"\x89PNG"
+
+
+def test_buttons_hold_and_stop_a_real_loop(tmp_path: Path, smoke_data):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    loop = ResearchLoop(LoopConfig(run_dir=run_dir, profile="smoke", policy="random", iterations=3))
+    dashboard = Dashboard(run_dir)
+    dashboard.pause()
+    assert (run_dir / HOLD_FILE).exists() and "on hold" in dashboard.snapshot.state
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("reason", loop.run()))
+    thread.start()
+    time.sleep(3)
+    assert thread.is_alive() and len(loop.ledger) == 0  # held: no experiment started
+    dashboard.stop()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and outcome["reason"].startswith("stopped by the stop file")
+    assert len(loop.ledger) == 0 and not (run_dir / STOP_FILE).exists() and not (run_dir / HOLD_FILE).exists()
+    loop.close()
+    dashboard.close()
+
+
+def test_live_mode_runs_the_loop_in_the_background_and_shows_the_dashboard(tmp_path: Path, smoke_data):
+    shown = []
+    run_dir = tmp_path / "live"
+    (run_dir).mkdir()
+    (run_dir / HOLD_FILE).touch()  # held from the start, so the test needs no training run
+    live = run_notebook_loop(LoopConfig(run_dir=run_dir, profile="smoke", policy="random", iterations=2),
+                             live=True, refresh=0.2, display=shown.append)
+    assert shown == [live.dashboard.widget]
+    time.sleep(1)
+    assert live.thread.is_alive()
+    live.dashboard.stop()
+    assert live.wait(timeout=60).startswith("stopped by the stop file")
