@@ -80,8 +80,9 @@ class Snapshot:
     def ppo_stats(self) -> dict:
         """The statistics of the last PPO update (records between updates only carry logprob and value)."""
         for r in reversed(self.records):
-            if "policy_loss" in r.policy_stats or "approx_kl" in r.policy_stats:
-                return r.policy_stats
+            update = {k.removeprefix("losses/"): v for k, v in r.policy_stats.items() if k.startswith("losses/")}
+            if update:
+                return update
         return {}
 
 

@@ -219,7 +219,12 @@ def kit_strategies(budget: float) -> list[tuple[str, str, Callable[[], predictor
 
 
 def optuna_strategies() -> list[tuple[str, str, Callable[[], object]]]:
+    import warnings
+
     from optuna import pruners
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)  # Wilcoxon and Patient are marked experimental
 
     out = [("optuna median", "default", lambda: pruners.MedianPruner())]
     out += [("optuna percentile", f"{q}th", lambda q=q: pruners.PercentilePruner(q)) for q in (25.0, 75.0, 90.0)]

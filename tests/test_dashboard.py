@@ -16,7 +16,7 @@ def record(iteration: int, status: str, val_bpb, accepted=False, policy="ppo", r
     return Record(iteration=iteration, policy=policy, description=f"edit {iteration}", diff="-A = 1\n+A = 2\n",
                   parent_commit=None, commit=None, status=status, reason="", val_bpb=val_bpb, reward=reward,
                   reward_parts={"accuracy": reward}, accepted=accepted, curve=curve, predictions=[], timings={},
-                  policy_stats={"policy_loss": 0.01, "approx_kl": 0.002} if iteration % 2 else {},
+                  policy_stats={"losses/policy_loss": 0.01, "losses/approx_kl": 0.002} if iteration % 2 else {},
                   fingerprint={"device": "cpu"}, peak_mem_mb=None, training_seconds=60.0, total_seconds=70.0,
                   seed=1337, code_hash=f"h{iteration}")
 
