@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--budget", type=_positive, default=None, help="training seconds (default: the profile's)")
     loop.add_argument("--train-py", type=Path, default=REPO_ROOT / "train.py", help="baseline of a new run directory")
     loop.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"), default="auto")
+    loop.add_argument("--lm-model", default=None, help="the lm policy's causal LM: a local path or a hub name")
+    loop.add_argument("--llm-url", default=None, help="the llm proposer's OpenAI-compatible endpoint, e.g. "
+                      "http://127.0.0.1:8000/v1 (API key from $OPENAI_API_KEY)")
+    loop.add_argument("--llm-model", default=None, help="the model name the llm endpoint serves")
     loop.add_argument("--early-stopping", choices=(*RULES, "none"), default="power-law",
                       help="stop rule asked while a run trains (default: power-law)")
 
@@ -121,9 +125,13 @@ def _loop(args: argparse.Namespace) -> int:
     _read_train_py(str(args.train_py))
     _ensure_data(args.profile)
     run_dir = args.run_dir or Path("runs") / f"{args.policy}-{args.profile}"
-    config = LoopConfig(run_dir=run_dir, profile=args.profile, policy=args.policy, iterations=args.iterations,
-                        hours=args.hours, gpu_hours=args.gpu_hours, seed=args.seed, budget=args.budget,
-                        train_py=args.train_py, sandbox=args.sandbox, early_stopping=args.early_stopping)
+    try:
+        config = LoopConfig(run_dir=run_dir, profile=args.profile, policy=args.policy, iterations=args.iterations,
+                            hours=args.hours, gpu_hours=args.gpu_hours, seed=args.seed, budget=args.budget,
+                            train_py=args.train_py, sandbox=args.sandbox, early_stopping=args.early_stopping,
+                            lm_model=args.lm_model, llm_url=args.llm_url, llm_model=args.llm_model)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     try:
         reason = run_loop(config)
     except LedgerLocked as error:

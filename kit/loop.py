@@ -80,6 +80,12 @@ class LoopConfig:
     """Recent experiments the convergence estimate looks at (and needs before it may fire)."""
     sandbox: str = "auto"
     """Sandbox backend of the harness."""
+    lm_model: str | None = None
+    """The lm policy's causal LM: a local path or a hub name."""
+    llm_url: str | None = None
+    """The llm proposer's OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."""
+    llm_model: str | None = None
+    """The model name the llm endpoint serves."""
     early_stopping: str = "power-law"
     """Stop rule of kit.predictor asked while a run trains (power-law, linear, same-progress), or none."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -92,6 +98,12 @@ class LoopConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, got {value=}")
+        if self.policy == "lm" and not self.lm_model:
+            raise ValueError("the lm policy needs a model: give lm_model (--lm-model), a local path or a hub name")
+        if self.policy == "llm" and not (self.llm_url and self.llm_model):
+            raise ValueError("the llm proposer needs llm_url and llm_model (--llm-url, --llm-model)")
+        if self.llm_url is not None and not self.llm_url.startswith(("http://", "https://")):
+            raise ValueError(f"llm_url must start with http:// or https://, got {self.llm_url!r}")
         if self.early_stopping != "none" and self.early_stopping not in RULES:
             raise ValueError(f"early_stopping must be none or one of {', '.join(RULES)}, got {self.early_stopping=}")
         if self.noise_repeats < 1 or self.max_failures < 1 or self.ppo_every < 2:
@@ -167,7 +179,7 @@ class ResearchLoop:
         for r in records:
             self._learn_curve(r.status, r.curve, r.val_bpb)
         self.policy = make_policy(self.config.policy, len(self.catalog), self._observation(self.source).size,
-                                  edits.knobs(self.source), seed=self.config.seed)
+                                  edits.knobs(self.source), seed=self.config.seed, **self._model_configs())
         self.optimizer = None
         self.buffer: list[dict] = []
         if isinstance(self.policy, OperatorPolicy):
@@ -184,6 +196,18 @@ class ResearchLoop:
         if paused.exists():
             print(f"resuming after a pause ({paused.read_text().strip()})")
             paused.unlink()
+
+    def _model_configs(self) -> dict:
+        c = self.config
+        if c.policy == "lm":
+            from kit.lm_policy import LMPolicyConfig
+
+            return {"lm": LMPolicyConfig(model=c.lm_model, seed=c.seed, ppo_every=c.ppo_every)}
+        if c.policy == "llm":
+            from kit.llm_proposer import LLMConfig
+
+            return {"llm": LLMConfig(url=c.llm_url, model=c.llm_model)}
+        return {}
 
     def _observation(self, source: str) -> np.ndarray:
         return np.concatenate([edits.config_vector(source, self.knob_names), self.memory.observation()]).astype(
@@ -312,12 +336,18 @@ class ResearchLoop:
     def _step(self) -> None:
         observation = self._observation(self.source)
         state = State(source=self.source, catalog=self.catalog, mask=edits.edit_mask(self.source, self.catalog),
-                      observation=observation, knobs=edits.knobs(self.source))
+                      observation=observation, knobs=edits.knobs(self.source), memory=self.memory)
         timer = time.perf_counter()
         proposal = self.policy.propose(state)
         try:
-            candidate = (edits.set_values(self.source, proposal.values) if proposal.values is not None
-                         else edits.apply_edit(self.source, proposal.edit))
+            if proposal.error is not None:
+                raise edits.EditError(proposal.error)
+            if proposal.candidate is not None:
+                candidate = proposal.candidate
+            elif proposal.values is not None:
+                candidate = edits.set_values(self.source, proposal.values)
+            else:
+                candidate = edits.apply_edit(self.source, proposal.edit)
         except edits.EditError as error:
             candidate, edit_error = self.source, str(error)
         else:
@@ -358,6 +388,8 @@ class ResearchLoop:
     def _learn(self, proposal: Proposal, observation: np.ndarray, mask: np.ndarray, reward: float) -> dict:
         """PPO bookkeeping: store the transition; every ppo_every transitions, one update."""
         stats = {"logprob": proposal.logprob, "value": proposal.value}
+        if hasattr(self.policy, "learn"):  # a language-model policy keeps its own rollouts
+            return {**stats, **self.policy.learn(proposal, reward)}
         if not isinstance(self.policy, OperatorPolicy) or proposal.action is None:
             return stats
         self.buffer.append({"obs": observation.tolist(), "action": proposal.action, "logprob": proposal.logprob,

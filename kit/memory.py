@@ -190,15 +190,19 @@ class Memory:
         vector = np.array([obs[name] for name in OBSERVATION_NAMES], dtype=np.float32)
         return np.nan_to_num(vector, nan=0.0, posinf=_REWARD_CLIP, neginf=-_REWARD_CLIP)
 
-    def render(self) -> str:
-        """Prompt text: the best experiments and the recent window as aligned tables."""
+    def render(self, recent_limit: int | None = None) -> str:
+        """Prompt text: the best experiments and the recent window as aligned tables; recent_limit keeps only the
+        newest of the window (a prompt that must shrink drops the oldest first)."""
         if not self._indices:
             return "No experiments yet."
+        recent = list(self._recent)
+        if recent_limit is not None:
+            recent = recent[-recent_limit:] if recent_limit > 0 else []
         first = self._first_ok
         lines = [f"{len(self._indices)} experiments so far; "
                  + (f"first ok val_bpb {first.val_bpb:.4f} (#{first.index})." if first else "no ok run yet.")]
         lines += ["", f"Best {len(self._best)} (lowest val_bpb among ok runs):"] + self._table(self._best)
-        lines += ["", f"Recent {len(self._recent)} (oldest first):"] + self._table(self._recent)
+        lines += ["", f"Recent {len(recent)} (oldest first):"] + self._table(recent)
         return "\n".join(lines)
 
     def _table(self, experiments: list[Experiment]) -> list[str]:

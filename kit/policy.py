@@ -27,7 +27,7 @@ from kit.hyperparams import Hyperparameter
 if TYPE_CHECKING:
     from kit.edits import Edit
 
-POLICIES = ("ppo", "random", "greedy", "tpe", "cmaes")
+POLICIES = ("ppo", "random", "greedy", "tpe", "cmaes", "lm", "llm")
 
 
 @dataclass
@@ -40,6 +40,9 @@ class Proposal:
     logprob: float  # log-probability of the action under the policy that chose it (0 where meaningless)
     value: float  # the critic's estimate for the state (0 without a critic)
     description: str  # one line for the ledger, e.g. "MATRIX_LR ×1.25"
+    candidate: str | None = None  # a whole new train.py (language-model policies), or None
+    error: str | None = None  # why no train.py could be made of what the policy wrote (a rejected record)
+    tokens: dict | None = None  # what a language-model policy needs to learn from this proposal
 
 
 @dataclass
@@ -51,6 +54,7 @@ class State:
     mask: np.ndarray  # bool per catalog entry: True where the edit applies to source
     observation: np.ndarray  # float32 features: concat(config vector, memory observation)
     knobs: list[Hyperparameter]  # the ranged hyperparameters of source, with their current values
+    memory: Any = None  # the loop's kit.memory.Memory (language-model policies render it into their prompt)
 
 
 class Policy(Protocol):
@@ -349,8 +353,21 @@ def _tidy(knob: Hyperparameter, value: Any, digits: int) -> Any:
 
 
 def make_policy(name: str, catalog_size: int, observation_size: int, knobs: list[Hyperparameter], seed: int,
-                config: PolicyConfig = PolicyConfig()) -> Policy:
-    """The policy called name ("ppo", "random", "greedy", "tpe" or "cmaes"), seeded."""
+                config: PolicyConfig = PolicyConfig(), lm=None, llm=None) -> Policy:
+    """The policy called name, seeded; "lm" needs lm (a kit.lm_policy.LMPolicyConfig), "llm" needs llm
+    (a kit.llm_proposer.LLMConfig)."""
+    if name == "lm":
+        from kit.lm_policy import LMPolicy
+
+        if lm is None:
+            raise ValueError("the lm policy needs a model: give --lm-model PATH_OR_NAME")
+        return LMPolicy(lm)
+    if name == "llm":
+        from kit.llm_proposer import LLMProposer
+
+        if llm is None:
+            raise ValueError("the llm proposer needs an endpoint: give --llm-url URL and --llm-model NAME")
+        return LLMProposer(llm)
     if name == "ppo":
         return OperatorPolicy(observation_size, catalog_size, seed=seed, config=config)
     if name == "random":

@@ -1,0 +1,140 @@
+"""The llm proposer against a chat-completions server started here on loopback: good replies, rate limits,
+timeouts, server errors and malformed replies (none of which may raise)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from kit import edits
+from kit.harness import REPO_ROOT
+from kit.llm_proposer import LLMConfig, LLMProposer
+from kit.memory import Memory
+from kit.policy import State
+
+BASELINE = (REPO_ROOT / "train.py").read_text()
+EDITED = edits.set_values(BASELINE, {"WEIGHT_DECAY": 0.04})
+GOOD = "lower weight decay\n\n```diff\n" + edits.unified_diff(BASELINE, EDITED) + "```\n"
+
+
+def chat(content) -> bytes:
+    return json.dumps({"id": "x", "object": "chat.completion",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}).encode()
+
+
+class Script:
+    """Replies played in order, one per request: (status, body, headers, delay seconds)."""
+
+    def __init__(self, *replies):
+        self.replies, self.requests = list(replies), []
+
+
+@pytest.fixture
+def server():
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            script.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+            status, payload, headers, delay = script.replies.pop(0)
+            if delay:
+                threading.Event().wait(delay)
+            try:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield script, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+
+
+def propose(url, script, *replies, **config):
+    script.replies.extend(replies)
+    waits = []
+    proposer = LLMProposer(LLMConfig(url=url, model="local-model", timeout=config.pop("timeout", 5.0),
+                                     backoff=0.01, **config), sleep=waits.append)
+    state = State(source=BASELINE, catalog=[], mask=None, observation=None, knobs=[], memory=Memory())
+    return proposer.propose(state), waits
+
+
+def test_a_good_reply_becomes_a_candidate(server, monkeypatch):
+    script, url = server
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    proposal, waits = propose(url, script, (200, chat(GOOD), {}, 0))
+    assert proposal.error is None and proposal.candidate == EDITED
+    assert proposal.description == "llm: lower weight decay" and waits == []
+    request = script.requests[0]
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-test"
+    assert request["body"]["model"] == "local-model" and "Research agenda" in request["body"]["messages"][1]["content"]
+
+
+def test_rate_limits_are_waited_out_as_the_server_asks(server):
+    script, url = server
+    proposal, waits = propose(url, script, (429, b"slow down", {"Retry-After": "3"}, 0),
+                              (503, b"busy", {}, 0), (200, chat(GOOD), {}, 0))
+    assert proposal.candidate == EDITED and waits == [3.0, 0.02]  # Retry-After, then the doubled backoff
+
+
+def test_a_timeout_is_retried(server):
+    script, url = server
+    proposal, waits = propose(url, script, (200, chat(GOOD), {}, 1.5), (200, chat(GOOD), {}, 0), timeout=0.5)
+    assert proposal.candidate == EDITED and len(waits) == 1
+
+
+@pytest.mark.parametrize("reply", [
+    (200, b"not json at all", {}, 0),
+    (200, json.dumps({"choices": []}).encode(), {}, 0),
+    (200, chat(None), {}, 0),
+    (200, chat("I think you should lower the learning rate."), {}, 0),
+    (401, b"unauthorized", {}, 0),
+])
+def test_malformed_or_refused_replies_become_errors_not_exceptions(server, reply):
+    script, url = server
+    proposal, _ = propose(url, script, reply, retries=0)
+    assert proposal.candidate is None and proposal.error
+    assert "\n" not in proposal.error
+
+
+def test_giving_up_after_the_retries(server):
+    script, url = server
+    proposal, waits = propose(url, script, *[(500, b"oops", {}, 0)] * 3, retries=2)
+    assert proposal.candidate is None and "no reply after 3 attempts" in proposal.error and len(waits) == 2
+
+
+@pytest.mark.slow
+def test_the_loop_runs_what_the_endpoint_proposes(server, tmp_path, smoke_data):
+    from kit.ledger import Ledger
+    from kit.loop import LoopConfig, run_loop
+
+    script, url = server
+    script.replies.append((200, chat(GOOD), {}, 0))
+    run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy="llm", llm_url=url, llm_model="local-model",
+                        iterations=2, noise_repeats=1))
+    with Ledger(tmp_path, readonly=True) as ledger:
+        records = ledger.records()
+    assert [r.policy for r in records] == ["noise-floor", "llm"]
+    assert records[1].description == "llm: lower weight decay" and "+WEIGHT_DECAY = 0.04" in records[1].diff
+    assert records[1].status in ("ok", "pruned") and len(script.requests) == 1
+
+
+def test_cli_asks_for_the_endpoint(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "kit", "loop", "--profile", "smoke", "--policy", "llm",
+                           "--run-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: the llm proposer needs")
+    assert done.stderr.count("\n") == 1
