@@ -198,13 +198,18 @@ def _shakespeare_documents(work: Path) -> list[tuple[str, str]]:
     return documents
 
 
-def _stdlib_documents() -> list[tuple[str, str]]:
-    """Last-resort corpus that every Python has: the standard library's own source."""
+def _stdlib_documents(include_site_packages: bool = False) -> list[tuple[str, str]]:
+    """Last-resort corpus that every Python has: the standard library's own source (top level), or for the
+    gpu profile every .py file of the standard library and the installed packages (hundreds of MB on a GPU box)."""
     import sysconfig
 
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.glob("*.py"))
-    return [(p.stem, p.read_text(encoding="utf-8", errors="replace")) for p in files]
+    paths = sysconfig.get_paths()
+    if not include_site_packages:
+        files = sorted(Path(paths["stdlib"]).glob("*.py"))
+    else:
+        roots = sorted({Path(paths["stdlib"]), Path(paths["purelib"]), Path(paths["platlib"])})
+        files = sorted({p for root in roots for p in root.rglob("*.py") if p.is_file()})
+    return [(str(p), p.read_text(encoding="utf-8", errors="replace")) for p in files]
 
 
 def _split_documents(documents: list[tuple[str, str]]) -> tuple[str, str]:
@@ -303,8 +308,17 @@ def prepare_data(profile: Profile, force: bool = False) -> Path:
             train, val = _split_documents(documents)
         elif profile.corpus == "tinystories":
             raw = root / "raw"
-            train_txt = download(TINYSTORIES_URL.format(split="train"), raw / "train.txt")
-            val_txt = download(TINYSTORIES_URL.format(split="valid"), raw / "valid.txt")
+            try:
+                train_txt = download(TINYSTORIES_URL.format(split="train"), raw / "train.txt")
+                val_txt = download(TINYSTORIES_URL.format(split="valid"), raw / "valid.txt")
+            except RuntimeError as error:
+                # a GPU box without the hub still gets real text to time and train on; the manifest says which
+                print(f"{error}; using the installed Python source as the corpus instead", file=sys.stderr)
+                source, raw = "python-source", Path(tmp)
+                documents = _stdlib_documents(include_site_packages=True)
+                train_txt, val_txt = raw / "train.txt", raw / "valid.txt"
+                for i, path in enumerate((train_txt, val_txt)):
+                    path.write_text(EOS.join(t for j, (_, t) in enumerate(documents) if (j % 10 == 3) == i))
             tokenizer = _train_bpe(train_txt, root, profile.vocab_size)
             _write_tokens(root / "train" / "train.bin", _encode_file_bpe(tokenizer, train_txt, TINYSTORIES_TRAIN_CHARS))
             _write_tokens(root / "val" / "val.bin", _encode_file_bpe(tokenizer, val_txt, None))

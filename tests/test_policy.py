@@ -238,7 +238,13 @@ def test_search_policies_take_the_baseline_as_a_known_result():
 def test_make_policy_builds_every_named_policy():
     knobs = parse_hyperparameters(QUADRATIC)
     for name in POLICIES:
+        if name in ("lm", "llm"):  # built from a model or an endpoint: tests/test_lm_policy.py, test_llm_proposer.py
+            continue
         assert make_policy(name, 6, 3, knobs, seed=0).name == name
+    with pytest.raises(ValueError, match="--lm-model"):
+        make_policy("lm", 6, 3, knobs, seed=0)
+    with pytest.raises(ValueError, match="--llm-url"):
+        make_policy("llm", 6, 3, knobs, seed=0)
     with pytest.raises(ValueError, match="choose one of"):
         make_policy("sgd", 6, 3, knobs, seed=0)
     with pytest.raises(ValueError, match="ranged"):
