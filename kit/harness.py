@@ -153,6 +153,10 @@ def _env(profile: str, budget: float, seed: int, run_dir: Path, extra: dict[str,
         "AUTORESEARCH_SEED": str(seed),
         "AUTORESEARCH_DATA": str(prepare.data_dir(prepare.get_profile(profile)).parent),
         "TMPDIR": str(tmp),
+        # torch.compile's kernel caches: everything outside the run directory is read-only in the sandbox
+        "TRITON_HOME": str(tmp),
+        "TRITON_CACHE_DIR": str(tmp / "triton"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor"),
         **extra,
     })
 

@@ -136,7 +136,8 @@ class LMPolicy:
             generated = self.model.generate(
                 input_ids=prompt[None], attention_mask=torch.ones_like(prompt)[None], do_sample=True,
                 temperature=self.config.temperature, top_p=self.config.top_p,
-                max_new_tokens=self.config.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)[0, len(prompt):]
+                max_new_tokens=self.config.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                use_cache=True)[0, len(prompt):]  # the config's use_cache is off for gradient checkpointing
             if self.tokenizer.eos_token_id is not None and (generated == self.tokenizer.eos_token_id).any():
                 generated = generated[: int((generated == self.tokenizer.eos_token_id).nonzero()[0]) + 1]
             if len(generated) == 0:
