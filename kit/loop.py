@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from kit import bound, edits
+from kit.environments import Environment
 from kit.harness import REPO_ROOT, HarnessConfig, RunResult, Status, run_experiment
 from kit.ledger import Ledger, Record, write_report
 from kit.memory import Experiment, Memory, code_hash
@@ -144,9 +145,11 @@ class _Git:
 class ResearchLoop:
     """One run directory's loop. `run()` returns why it stopped, in one line."""
 
-    def __init__(self, config: LoopConfig, on_event: Callable[[dict], None] | None = None):
+    def __init__(self, config: LoopConfig, on_event: Callable[[dict], None] | None = None,
+                 environment: Environment = run_experiment):
         self.config = config
         self.on_event = on_event
+        self.environment = environment  # the real harness, or a synthetic or replayed one (kit/environments.py)
         self.run_dir = Path(config.run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.run_dir)
@@ -320,7 +323,7 @@ class ResearchLoop:
 
         n = self._noise_runs()
         seed = prepare.get_profile(self.config.profile).seed + n
-        result = run_experiment(self.source, self._experiment_dir(), self._harness(seed),
+        result = self.environment(self.source, self._experiment_dir(), self._harness(seed),
                                 monitor=_Watch(None, self._emit))
         # The first ok baseline is kept: the run to beat (seed n = 0 is the frozen seed every agent run uses).
         keep = result.status is Status.OK and self.incumbent is None
@@ -360,10 +363,10 @@ class ResearchLoop:
             penalty = self.config.reward.duplicate if not edit_error else self.config.reward.rejected
             result = self._not_run(why)
             reward = Reward(penalty, {"duplicate" if not edit_error else "rejected": penalty})
-            duplicate, predictions = not edit_error, []
+            duplicate, predictions, predicted = not edit_error, [], None
         else:
             monitor = self._monitor()
-            result = run_experiment(candidate, self._experiment_dir(), self._harness(None), monitor=monitor)
+            result = self.environment(candidate, self._experiment_dir(), self._harness(None), monitor=monitor)
             predicted = monitor.last_prediction
             predictions = [d.to_json() for d in monitor.decisions]
             reward = compute_reward(result.status.value, result.val_bpb, self.incumbent, result.total_seconds,
@@ -377,7 +380,10 @@ class ResearchLoop:
         if accepted:
             commit = self.git.commit(candidate, proposal.description)
             self.source, self.incumbent, self.incumbent_curve = candidate, result.val_bpb, result.curve
-        self.policy.observe(proposal, result.val_bpb, accepted)
+        # a pruned run's forecast stands in for the end it never reached: without it TPE and CMA-ES see only
+        # failures wherever early stopping works, and stop learning
+        observed = predicted if result.status is Status.PRUNED else result.val_bpb
+        self.policy.observe(proposal, observed, accepted)
         stats = self._learn(proposal, observation, state.mask, reward.total)
         self._save_policy()  # before the record: a kill in between costs the policy one outcome, not the ledger
         stats["agent_seconds"] = agent_seconds + time.perf_counter() - timer
@@ -494,8 +500,11 @@ def _why(result: RunResult) -> str:
     return f" ({result.reason[:120]})" if result.reason else ""
 
 
-def run_loop(config: LoopConfig, on_event: Callable[[dict], None] | None = None) -> str:
-    loop = ResearchLoop(config, on_event)
+def run_loop(config: LoopConfig, on_event: Callable[[dict], None] | None = None,
+             environment: Environment = run_experiment) -> str:
+    """Run the loop of config.run_dir to its end; experiments come from environment (the real harness unless
+    a synthetic or replayed one is given). Returns why it stopped."""
+    loop = ResearchLoop(config, on_event, environment)
     try:
         return loop.run()
     finally:

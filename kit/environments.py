@@ -1,0 +1,146 @@
+"""Where an experiment's outcome comes from: the real harness, or a synthetic objective with a known optimum.
+
+Owns: the `Environment` protocol (the signature of kit.harness.run_experiment, so the loop, every policy and the
+early-stopping rules run unchanged against any of them) and `SyntheticEnvironment`: a cheap, seeded stand-in for
+training that reads train.py's hyperparameters and answers in about a millisecond with a val_bpb, a learning curve
+the stop rules can watch, a run time, and crashes where learning rates are too high. Its optimum is known and
+reachable from the baseline with the loop's own catalog edits, so tests and the teaching notebook can check that a
+policy finds it, and how fast.
+Does not own: running train.py (kit/harness.py) or replaying recorded runs (a surrogate fitted to real curves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from kit import edits, gate
+from kit.harness import HarnessConfig, Monitor, RunResult, Status
+
+DEFAULT_HARNESS = HarnessConfig()
+
+
+class Environment(Protocol):
+    """Runs one train.py source and returns its RunResult; kit.harness.run_experiment is the real one."""
+
+    def __call__(self, source: str, run_dir: Path, config: HarnessConfig = DEFAULT_HARNESS,
+                 monitor: Monitor | None = None) -> RunResult: ...
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    seed: int = 0
+    """Which objective: the important knobs, their optimal values and the noise all follow from it."""
+    important: int = 4
+    """Knobs whose value matters; every other knob leaves val_bpb unchanged."""
+    floor: float = 2.40
+    """val_bpb at the optimum, before noise."""
+    gap: float = 0.15
+    """How much worse the baseline is than the optimum."""
+    noise: float = 0.004
+    """Standard deviation of val_bpb between seeds and between equal configs run twice."""
+    points: int = 60
+    """Progress reports per full run."""
+    overhead: float = 6.0
+    """Seconds of start-up, hand-off and evaluation on top of the training budget."""
+    budget: float = 60.0
+    """Training seconds of a run when the harness config gives none."""
+
+    def __post_init__(self) -> None:
+        if self.important < 1 or self.points < 2 or not (self.gap > 0 and self.noise >= 0 and self.budget > 0):
+            raise ValueError(f"need important >= 1, points >= 2, gap > 0, noise >= 0, budget > 0, got {self}")
+
+
+class SyntheticEnvironment:
+    """val_bpb = floor + Σ w_k (u_k − u*_k)² over the important knobs (u: a knob's value mapped to [0, 1]) + noise.
+    Each optimal value u*_k is what one or two catalog edits of that knob make of the baseline, so the optimum is
+    reachable; the weights make the baseline exactly `gap` worse than it. A learning rate in the top tenth of its
+    range diverges (status crash). The curve is a power law in the share of the budget that ends at the run's
+    val_bpb; a monitor that asks to stop gets a pruned result with the curve so far."""
+
+    def __init__(self, baseline: str, config: SyntheticConfig = SyntheticConfig()):
+        self.config, self.baseline = config, baseline
+        knobs = {k.name: k for k in edits.knobs(baseline)}
+        rng = np.random.default_rng(config.seed)
+        catalog = edits.build_catalog(baseline)
+        by_knob: dict[str, list[edits.Edit]] = {}
+        for edit in catalog:
+            if edit.name in knobs and knobs[edit.name].kind != "bool":
+                by_knob.setdefault(edit.name, []).append(edit)
+        candidates = sorted(by_knob)
+        chosen = rng.choice(len(candidates), size=min(config.important, len(candidates)), replace=False)
+        target = baseline
+        for name in sorted(candidates[i] for i in chosen):
+            for _ in range(int(rng.integers(1, 3))):  # one or two edits of this knob, each must change it
+                options = [e for e in by_knob[name] if edits.edit_mask(target, [e])[0]]
+                target = edits.apply_edit(target, options[int(rng.integers(len(options)))])
+        self.optimum_values = {k.name: k.value for k in edits.knobs(target) if not edits._same(k.value,
+                                                                                               knobs[k.name].value)}
+        if not self.optimum_values:
+            raise ValueError(f"seed {config.seed} drew edits that cancel out; choose another seed")
+        self.optimum_source = target
+        self.knobs = {name: knobs[name] for name in self.optimum_values}
+        self._target = {name: knobs[name].normalized(v) for name, v in self.optimum_values.items()}
+        distances = {name: (knobs[name].normalized(knobs[name].value) - u) ** 2 for name, u in self._target.items()}
+        shares = rng.dirichlet(np.ones(len(distances)))  # how much of the gap each knob owns
+        self._weights = {name: config.gap * float(s) / d for (name, d), s in zip(distances.items(), shares,
+                                                                                  strict=True)}
+        self.optimum = config.floor
+
+    # the objective ------------------------------------------------------------------------------------------
+
+    def expected_bpb(self, source: str) -> float:
+        """val_bpb before noise."""
+        values = {k.name: k.value for k in edits.knobs(source)}
+        return self.config.floor + sum(w * (self.knobs[n].normalized(values[n]) - self._target[n]) ** 2
+                                       for n, w in self._weights.items())
+
+    def diverges(self, source: str) -> str | None:
+        for k in edits.knobs(source):
+            if k.name.endswith("_LR") and k.low is not None and k.normalized(k.value) > 0.9:
+                return f"{k.name} = {k.value:g}: loss became NaN (synthetic: learning rates in the top tenth diverge)"
+        return None
+
+    # the environment ----------------------------------------------------------------------------------------
+
+    def __call__(self, source: str, run_dir: Path, config: HarnessConfig = DEFAULT_HARNESS,
+                 monitor: Monitor | None = None) -> RunResult:
+        c = self.config
+        budget = float(config.budget or c.budget)
+        seed = int(config.seed if config.seed is not None else 0)
+
+        def result(status: Status, reason: str, curve=(), val_bpb=None, trained: float = 0.0, total: float = 0.0):
+            return RunResult(status=status, val_bpb=val_bpb, reason=reason, training_seconds=trained,
+                             total_seconds=total, peak_mem_mb=None, num_steps=len(curve), curve=tuple(curve),
+                             fingerprint={"profile": f"synthetic-{c.seed}", "budget": budget, "device": "synthetic"},
+                             seed=seed, run_dir=str(run_dir))
+
+        if config.run_gate:
+            verdict = gate.check_source(source)
+            if not verdict.ok:
+                return result(Status.REJECTED, f"gate: {verdict.summary()}")
+        rng = np.random.default_rng([c.seed, seed, int(hashlib.sha256(source.encode()).hexdigest()[:12], 16)])
+        final = self.expected_bpb(source) + c.noise * float(rng.standard_normal())
+        crash = self.diverges(source)
+        curve = []
+        for i in range(1, c.points + 1):
+            u = i / c.points
+            t = budget * u
+            loss = final + 0.6 * (u ** -0.5 - 1) + 0.01 * float(rng.standard_normal())
+            if crash and u > 0.2:
+                return result(Status.CRASH, crash, curve, trained=t, total=t + c.overhead / 2)
+            curve.append((round(t, 3), loss))
+            reason = monitor(list(curve)) if monitor is not None else None
+            if reason:
+                return result(Status.PRUNED, reason, curve, trained=t, total=t + c.overhead / 2)
+        return result(Status.OK, "", curve, val_bpb=round(final, 6), trained=budget, total=budget + c.overhead)
+
+    def describe(self) -> str:
+        """The optimum in one line, for tests and teaching."""
+        changes = ", ".join(f"{n} -> {v!r}" for n, v in self.optimum_values.items())
+        return (f"synthetic objective {self.config.seed}: optimum {self.optimum:.3f} at {changes}; baseline "
+                f"{self.expected_bpb(self.baseline):.3f}")
