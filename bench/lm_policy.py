@@ -191,16 +191,20 @@ def main() -> int:
              f"micro-batch {config.micro_batch}, {config.update_epochs} PPO epochs, {config.ppo_every} proposals per "
              f"update, up to {config.max_new_tokens} new tokens, prompt = program.md + train.py + 32 recent and 5 best "
              "experiments.", "",
-             "| model | params | trainable | prompt tokens | new tokens | s / proposal | peak GiB (propose) | "
-             "s / PPO update | peak GiB (update) | KL to reference |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | params | trainable | prompt tokens | new tokens | s / proposal | ms / new token | "
+             "peak GiB (propose) | s / PPO update | peak GiB (update) | KL to reference |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['params'] / 1e6:,.0f} M | {r['trainable'] / 1e6:.1f} M | "
                      f"{r['prompt_tokens']:,} | {r['completion_tokens']:.0f} | {r['propose_s']:.1f} | "
+                     f"{1000 * r['propose_s'] / r['completion_tokens']:.0f} | "
                      f"{r['propose_peak_gib']:.1f} | {r['update_s']:.1f} | {r['update_peak_gib']:.1f} | "
                      f"{r['kl_ref']:.2e} |")
     lines += ["", "The KL to the reference is that of the first update, when the adapters are still at their "
-              "initialization (LoRA's B = 0), so it is near zero; it grows as the adapters learn.", "",
+              "initialization (LoRA's B = 0), so it is near zero; it grows as the adapters learn. A proposal's time "
+              "is the prompt's forward pass plus one decoding step per new token (KV cache on), sampled with "
+              "`transformers`' generate through the LoRA wrappers; where ms per new token hardly changes with the "
+              "model's size, decoding is bound by per-step overhead, not by the GPU's arithmetic.", "",
               "## One loop iteration", "", loop_line, ""]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))

@@ -33,6 +33,16 @@ KIND_SHARES = {"baseline": 0.15, "walk": 0.5, "scatter": 0.35}
 (what a loop meets), or 2-6 knobs set at random (space-filling, for a surrogate)."""
 
 
+MAX_OTHERS_SHARE = 0.03
+"""Runs during which other processes used more than this share of the machine's CPU are left out of benchmarks:
+on the recording machine a baseline run lost about 10 % of its steps at a share of 0.05."""
+
+
+def ran_alone(record: dict, max_others_share: float = MAX_OTHERS_SHARE) -> bool:
+    """Whether a recorded run had the machine to itself (its step count is then comparable with the others')."""
+    return record.get("others_cpu_share", 0.0) <= max_others_share
+
+
 @dataclass(frozen=True)
 class Plan:
     """One run to record: its kind, what changed, the values set and the seed."""

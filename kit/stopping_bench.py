@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import predictor
+from kit.curves import MAX_OTHERS_SHARE, ran_alone
 
 CHECKPOINTS = (0.25, 0.5, 0.75)
 """Progress at which forecast errors are reported."""
@@ -54,11 +55,6 @@ class Run:
         return [predictor.window_mean(u, y, p, 0.05)[0] for p in GRID]
 
 
-MAX_OTHERS_SHARE = 0.03
-"""Runs during which other processes used more than this share of the machine's CPU are left out: on the
-recording machine a baseline run lost about 10 % of its steps at a share of 0.05."""
-
-
 def load_runs(records: list[dict], max_others_share: float = MAX_OTHERS_SHARE) -> list[Run]:
     """The runs of a dataset that ended ok with a curve (a crash or timeout is not a candidate for stopping) and
     had the machine to themselves."""
@@ -66,7 +62,7 @@ def load_runs(records: list[dict], max_others_share: float = MAX_OTHERS_SHARE) -
     for r in records:
         if r["status"] != "ok" or r["val_bpb"] is None or len(r["curve"]) < 8:
             continue
-        if r.get("others_cpu_share", 0.0) > max_others_share:
+        if not ran_alone(r, max_others_share):
             continue
         runs.append(Run(index=r["index"], curve=tuple(map(tuple, r["curve"])), val_bpb=float(r["val_bpb"]),
                         budget=float(r["budget"]), total_seconds=float(r["total_seconds"]),

@@ -1,0 +1,207 @@
+"""Experiments served from recorded real runs, and from a surrogate fitted to them for configs never run.
+
+Owns: `Surrogate` (a Gaussian process over train.py's normalized hyperparameters for the final val_bpb, with the
+noise between seeds as its white-noise term; the k nearest recorded runs for the chance of a crash or timeout, the
+curve's shape and the run time) with its held-out error, and `ReplayEnvironment`, which answers through the
+harness's signature (kit/environments.py): a config that was recorded gets one of its recorded runs back exactly
+(curve, status, val_bpb, times), chosen by the seed; any other config gets the surrogate's draw, fixed per config
+and seed, so a replayed world is deterministic and every policy meets the same one.
+Does not own: recording runs (kit/curves.py) or the benchmark that compares agents on a replayed world.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kit import edits, gate
+from kit.curves import ran_alone
+from kit.harness import HarnessConfig, Monitor, RunResult, Status
+from kit.hyperparams import Hyperparameter
+
+DEFAULT_HARNESS = HarnessConfig()
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    seed: int = 0
+    """The replayed world: which draws the surrogate makes for configs never recorded."""
+    neighbours: int = 5
+    """Recorded runs that decide a new config's chance of failing, its curve's shape and its run time."""
+    restarts: int = 3
+    """Restarts of the Gaussian process's hyperparameter fit."""
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1 or self.restarts < 0:
+            raise ValueError(f"need neighbours >= 1 and restarts >= 0, got {self.neighbours=}, {self.restarts=}")
+
+
+def config_key(knobs: list[Hyperparameter], values: dict[str, Any]) -> tuple:
+    """A hashable config: every knob's value, floats rounded so a recorded config and the same one parsed back from
+    source compare equal."""
+    return tuple(round(float(values[k.name]), 9) if isinstance(values[k.name], float) else values[k.name]
+                 for k in knobs)
+
+
+class Surrogate:
+    """What a config never run would give: the final val_bpb (a GP's mean and sd), whether it fails (k nearest)."""
+
+    def __init__(self, records: list[dict], knobs: list[Hyperparameter], config: ReplayConfig = ReplayConfig()):
+        self.knobs, self.config = knobs, config
+        self.records = [r for r in records if r["status"] in ("ok", "crash", "timeout")]
+        if not any(r["status"] == "ok" for r in self.records):
+            raise ValueError("a surrogate needs recorded runs that ended ok: record some with "
+                             "`python -m kit bench record --profile cpu --runs 150`")
+        self.X = np.array([self.vector(r["config"]) for r in self.records])
+        ok = np.array([r["status"] == "ok" for r in self.records])
+        self.ok_index = np.flatnonzero(ok)
+        y = np.array([r["val_bpb"] for r in self.records if r["status"] == "ok"])
+        # fitted on log val_bpb: a few bad configs land far above the rest, and on a log scale they stop
+        # dominating the fit of the region that matters
+        self.gp = self._fit(self.X[ok], np.log(y))
+        self._typical = float(np.median(y))
+
+    def vector(self, values: dict[str, Any]) -> np.ndarray:
+        return np.array([k.normalized(values[k.name]) for k in self.knobs])
+
+    def _fit(self, X: np.ndarray, y: np.ndarray):
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+        kernel = (ConstantKernel(0.05, (1e-4, 10.0)) * Matern(np.ones(X.shape[1]), (0.05, 100.0), nu=2.5)
+                  + WhiteKernel(1e-3, (1e-6, 1.0)))
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=self.config.restarts,
+                                      random_state=self.config.seed)
+        with warnings.catch_warnings():  # a knob that does not matter runs its length scale to the bound, as it should
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return gp.fit(X, y)
+
+    @property
+    def _log_noise_sd(self) -> float:
+        return float(np.sqrt(self.gp.kernel_.k2.noise_level) * self.gp._y_train_std)
+
+    @property
+    def noise_sd(self) -> float:
+        """The fitted noise between runs of one config (the white-noise term), in val_bpb at a typical value."""
+        return self._typical * self._log_noise_sd
+
+    def predict(self, values: dict[str, Any]) -> tuple[float, float]:
+        """Mean and sd of the expected final val_bpb (the sd is the model's uncertainty, without the seed noise)."""
+        mean, sd = self.gp.predict(self.vector(values)[None], return_std=True)
+        value = float(np.exp(mean[0]))
+        return value, value * float(np.sqrt(max(sd[0] ** 2 - self._log_noise_sd ** 2, 0.0)))
+
+    def nearest(self, values: dict[str, Any], ok_only: bool = False) -> list[dict]:
+        """The k nearest recorded runs in the normalized space (ok ones only, if asked)."""
+        pool = self.ok_index if ok_only else np.arange(len(self.records))
+        distance = np.linalg.norm(self.X[pool] - self.vector(values), axis=1)
+        return [self.records[int(pool[i])] for i in np.argsort(distance, kind="stable")[: self.config.neighbours]]
+
+    def cross_validate(self, folds: int = 5, seed: int = 0) -> dict[str, float]:
+        """Held-out error of the final val_bpb on ok runs, k-fold: the surrogate refitted without each fold."""
+        ok = [self.records[i] for i in self.ok_index]
+        order = np.random.default_rng(seed).permutation(len(ok))
+        errors, constant, predicted, actual = [], [], [], []
+        for fold in range(folds):
+            held = set(order[fold::folds].tolist())
+            train = [r for i, r in enumerate(ok) if i not in held]
+            model = Surrogate(train, self.knobs, self.config)
+            median = float(np.median([r["val_bpb"] for r in train if r["status"] == "ok"]))
+            for i in sorted(held):
+                mean, _ = model.predict(ok[i]["config"])
+                predicted.append(mean)
+                actual.append(ok[i]["val_bpb"])
+                errors.append(mean - ok[i]["val_bpb"])
+                constant.append(median - ok[i]["val_bpb"])
+        errors, constant = np.array(errors), np.array(constant)
+        from scipy.stats import spearmanr
+
+        return {"runs": len(ok), "rmse": float(np.sqrt(np.mean(errors ** 2))), "mae": float(np.mean(np.abs(errors))),
+                "spearman": float(spearmanr(predicted, actual).statistic), "noise_sd": self.noise_sd,
+                # what predicting the training runs' median would score: the bar a surrogate has to clear
+                "constant_rmse": float(np.sqrt(np.mean(constant ** 2))),
+                "constant_mae": float(np.mean(np.abs(constant)))}
+
+
+class ReplayEnvironment:
+    """Recorded runs served again; the surrogate for the rest. Deterministic for a (config, seed) pair."""
+
+    def __init__(self, baseline: str, records: list[dict], config: ReplayConfig = ReplayConfig()):
+        self.config, self.baseline = config, baseline
+        self.knobs = [k for k in edits.knobs(baseline) if k.low is not None or k.choices is not None
+                      or k.kind == "bool"]
+        usable = [r for r in records if r["status"] in ("ok", "crash", "timeout") and r.get("config") and ran_alone(r)]
+        self.recorded: dict[tuple, list[dict]] = {}
+        for r in usable:
+            self.recorded.setdefault(config_key(self.knobs, r["config"]), []).append(r)
+        self.surrogate = Surrogate(usable, self.knobs, config)
+        self.budget = float(usable[0]["budget"])
+        # the seed a run gets when the harness is given none: the profile's, which most recorded runs used
+        self.default_seed = Counter(r["seed"] for r in usable).most_common(1)[0][0]
+
+    def __call__(self, source: str, run_dir: Path, config: HarnessConfig = DEFAULT_HARNESS,
+                 monitor: Monitor | None = None) -> RunResult:
+        seed = int(config.seed if config.seed is not None else self.default_seed)
+        if config.run_gate:
+            verdict = gate.check_source(source)
+            if not verdict.ok:
+                return self._result(Status.REJECTED, f"gate: {verdict.summary()}", (), None, 0.0, 0.0, seed, run_dir)
+        values = {k.name: k.value for k in edits.knobs(source)}
+        same = self.recorded.get(config_key(self.knobs, values))
+        if same:
+            by_seed = [r for r in same if r["seed"] == seed]
+            record = by_seed[0] if by_seed else same[self._draw(values, 1, seed).integers(len(same))]
+            return self._serve(record["status"], record.get("reason") or "", record["curve"], record["val_bpb"],
+                               record["training_seconds"], record["total_seconds"], seed, run_dir, monitor)
+        return self._predict(values, seed, run_dir, monitor)
+
+    def _draw(self, values: dict[str, Any], *stream: int) -> np.random.Generator:
+        digest = hashlib.sha256(repr(config_key(self.knobs, values)).encode()).hexdigest()[:12]
+        return np.random.default_rng([self.config.seed, int(digest, 16), *stream])
+
+    def _predict(self, values: dict[str, Any], seed: int, run_dir: Path, monitor: Monitor | None) -> RunResult:
+        s = self.surrogate
+        neighbours = s.nearest(values)
+        failed = [r for r in neighbours if r["status"] != "ok"]
+        # the config's own draw (its true value in this world) is the same for every seed; the seed adds noise
+        world = self._draw(values, 0)
+        rng = self._draw(values, 1, seed)
+        if world.random() < len(failed) / len(neighbours):
+            r = failed[0]
+            return self._serve(r["status"], f"{r.get('reason') or r['status']} (replayed from a recorded neighbour)",
+                               r["curve"], None, r["training_seconds"], r["total_seconds"], seed, run_dir, monitor)
+        mean, sd = s.predict(values)
+        val_bpb = mean + sd * float(world.standard_normal()) + s.noise_sd * float(rng.standard_normal())
+        shape = s.nearest(values, ok_only=True)[0]
+        shift = val_bpb - shape["val_bpb"]  # the neighbour's curve, moved to end where this run ends
+        curve = [(t, loss + shift) for t, loss in shape["curve"]]
+        return self._serve("ok", "", curve, round(val_bpb, 6), shape["training_seconds"], shape["total_seconds"],
+                           seed, run_dir, monitor)
+
+    def _serve(self, status: str, reason: str, curve, val_bpb, trained: float, total: float, seed: int,
+               run_dir: Path, monitor: Monitor | None) -> RunResult:
+        """Feed the curve to the monitor point by point, as the harness does; a stop there is a pruned run whose
+        cost is the share of the run it took."""
+        shown: list[tuple[float, float]] = []
+        for t, loss in curve:
+            shown.append((float(t), float(loss)))
+            reason_to_stop = monitor(list(shown)) if monitor is not None else None
+            if reason_to_stop:
+                overhead = max(total - trained, 0.0)
+                return self._result(Status.PRUNED, reason_to_stop, shown, None, float(t), float(t) + overhead / 2,
+                                    seed, run_dir)
+        return self._result(Status(status), reason, shown, val_bpb, trained, total, seed, run_dir)
+
+    def _result(self, status: Status, reason: str, curve, val_bpb, trained: float, total: float, seed: int,
+                run_dir: Path) -> RunResult:
+        return RunResult(status=status, val_bpb=val_bpb, reason=reason, training_seconds=trained, total_seconds=total,
+                         peak_mem_mb=None, num_steps=len(curve), curve=tuple(curve),
+                         fingerprint={"profile": "replay", "budget": self.budget, "device": "replay"}, seed=seed,
+                         run_dir=str(run_dir))

@@ -1,0 +1,106 @@
+"""kit.replay: recorded runs come back exactly, unrecorded configs get deterministic surrogate draws, and the
+surrogate recovers an objective it was fitted to. The records are made the way `bench record` makes them (the same
+run plan), answered by the synthetic objective, whose truth is known."""
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+
+from kit import curves, edits
+from kit.environments import SyntheticConfig, SyntheticEnvironment
+from kit.harness import REPO_ROOT, HarnessConfig, Status
+from kit.ledger import Ledger
+from kit.loop import LoopConfig, run_loop
+from kit.replay import ReplayEnvironment
+
+BASELINE = (REPO_ROOT / "train.py").read_text()
+PROFILE_SEED = 1337
+
+
+def recorded(env: SyntheticEnvironment, runs: int) -> list[dict]:
+    records = []
+    for index in range(runs):
+        plan = curves.plan_run(index, BASELINE, PROFILE_SEED)
+        source = edits.set_values(BASELINE, plan.values)
+        r = env(source, Path("."), HarnessConfig(budget=60.0, seed=plan.seed))
+        records.append({"index": index, "kind": plan.kind, "seed": plan.seed, "status": r.status.value,
+                        "val_bpb": r.val_bpb, "reason": r.reason, "budget": 60.0,
+                        "config": {k.name: plan.values.get(k.name, k.value) for k in edits.knobs(BASELINE)},
+                        "curve": [list(p) for p in r.curve], "training_seconds": r.training_seconds,
+                        "total_seconds": r.total_seconds, "others_cpu_share": 0.0})
+    return records
+
+
+@pytest.fixture(scope="module")
+def world():
+    truth = SyntheticEnvironment(BASELINE, SyntheticConfig(seed=3))
+    records = recorded(truth, 120)
+    return truth, records, ReplayEnvironment(BASELINE, records)
+
+
+def test_recorded_configs_come_back_exactly(world, tmp_path: Path):
+    _, records, replay = world
+    for r in records[:40]:
+        source = edits.set_values(BASELINE, {k: v for k, v in r["config"].items()})
+        got = replay(source, tmp_path, HarnessConfig(seed=r["seed"]))
+        assert got.status.value == r["status"] and got.val_bpb == r["val_bpb"], r["index"]
+        assert [list(p) for p in got.curve] == r["curve"] and got.total_seconds == r["total_seconds"]
+
+
+def test_the_profile_seed_is_the_default_and_a_new_seed_draws_among_recorded_repeats(world, tmp_path: Path):
+    _, records, replay = world
+    baseline = next(r for r in records if r["index"] == 0)
+    assert replay(BASELINE, tmp_path).val_bpb == baseline["val_bpb"]  # no seed: the profile's, as in the loop
+    repeats = {r["val_bpb"] for r in records if r["kind"] == "baseline"}
+    assert replay(BASELINE, tmp_path, HarnessConfig(seed=99)).val_bpb in repeats
+
+
+def test_unrecorded_configs_are_deterministic_and_noisy_only_across_seeds(world, tmp_path: Path):
+    _, _, replay = world
+    source = edits.set_values(BASELINE, {"MATRIX_LR": 0.0301, "WEIGHT_DECAY": 0.07})
+    a, b = replay(source, tmp_path, HarnessConfig(seed=5)), replay(source, tmp_path, HarnessConfig(seed=5))
+    c = replay(source, tmp_path, HarnessConfig(seed=6))
+    assert a == b and a.status is Status.OK and a.val_bpb != c.val_bpb
+    assert abs(a.val_bpb - c.val_bpb) < 10 * replay.surrogate.noise_sd + 1e-3
+    assert a.curve[-1][1] != a.curve[0][1] and len(a.curve) > 10
+
+
+def test_the_surrogate_recovers_a_known_objective(world):
+    truth, _, replay = world
+    scores = replay.surrogate.cross_validate(folds=4)
+    # most recorded configs leave the important knobs alone, so their true values tie and ranks among them are
+    # noise; the errors against a constant predictor are the fair measure
+    assert scores["mae"] < 0.4 * scores["constant_mae"] and scores["rmse"] < 0.5 * scores["constant_rmse"], scores
+    assert scores["spearman"] > 0.4, scores
+    assert scores["noise_sd"] < 3 * truth.config.noise + 0.01
+    near = edits.set_values(BASELINE, dict(truth.optimum_values))
+    mean, _ = replay.surrogate.predict({k.name: k.value for k in edits.knobs(near)})
+    assert mean < truth.expected_bpb(BASELINE)  # the optimum is predicted better than the baseline
+
+
+def test_a_monitor_prunes_a_replayed_run(world, tmp_path: Path):
+    _, _, replay = world
+    result = replay(BASELINE, tmp_path, monitor=lambda curve: "stop" if len(curve) == 5 else None)
+    assert result.status is Status.PRUNED and len(result.curve) == 5 and result.val_bpb is None
+
+
+def test_runs_that_shared_the_machine_are_left_out(world):
+    truth, records, _ = world
+    shared = [{**r, "others_cpu_share": 0.5} if r["index"] == 0 else r for r in records]
+    replay = ReplayEnvironment(BASELINE, shared)
+    assert all(r["index"] != 0 for rs in replay.recorded.values() for r in rs)
+    with pytest.raises(ValueError, match="record some"):
+        ReplayEnvironment(BASELINE, [{**r, "status": "crash"} for r in records])
+
+
+def test_the_loop_runs_unchanged_on_a_replayed_world(world, tmp_path: Path):
+    _, records, replay = world
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy="greedy", iterations=12, budget=60.0),
+                 environment=replay)
+    with Ledger(tmp_path, readonly=True) as ledger:
+        rows = ledger.records()
+    assert len(rows) == 12 and rows[0].val_bpb == records[0]["val_bpb"]  # the noise floor's first run is recorded
+    assert {r.status for r in rows} <= {"ok", "pruned", "crash", "timeout", "rejected"}
