@@ -7,6 +7,7 @@
     python -m kit report RUN_DIR
     python -m kit bench record --profile cpu --runs N [--out data/curves-cpu.jsonl.gz]
     python -m kit bench early-stopping [--curves data/curves-cpu.jsonl.gz] [--orders 50]
+    python -m kit bench agents [--environment {replay,synthetic}] [--seeds 20] [--experiments 300]
 
 Owns: argument parsing, one-line errors for bad input (exit 2), and printing results.
 Does not own: any of the work (kit/harness.py, prepare.py).
@@ -84,9 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--early-stopping", choices=(*RULES, "none"), default="power-law",
                       help="stop rule asked while a run trains (default: power-law)")
 
-    bench = commands.add_parser("bench", help="record learning curves; benchmark early stopping")
+    bench = commands.add_parser("bench", help="record learning curves; benchmark early stopping and agents")
     benches = bench.add_subparsers(dest="bench", required=True, parser_class=_OneLineParser,
-                                    metavar="{record,early-stopping}")
+                                    metavar="{record,early-stopping,agents}")
     rec = benches.add_parser("record", help="run full experiments of train.py and random edits of it; append each "
                              "run's curve to a dataset (resumes)")
     rec.add_argument("--profile", choices=PROFILES, default="cpu")
@@ -102,6 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--orders", type=_positive_int, default=50, help="random orders of the runs to replay")
     stop.add_argument("--seed", type=int, default=0)
     stop.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "early_stopping.md")
+
+    agents = benches.add_parser("agents", help="every policy through the loop, many seeds, on a world replayed from "
+                                "recorded runs (or a synthetic one); write bench/agents.md and a plot")
+    agents.add_argument("--environment", choices=("replay", "synthetic"), default="replay")
+    agents.add_argument("--curves", type=Path, default=REPO_ROOT / "data" / "curves-cpu.jsonl.gz")
+    agents.add_argument("--policies", default="ppo,random,greedy,tpe,cmaes", help="comma-separated")
+    agents.add_argument("--seeds", type=_positive_int, default=20)
+    agents.add_argument("--experiments", type=_positive_int, default=300, help="agent experiments per run")
+    agents.add_argument("--synthetic-seed", type=int, default=1, help="which synthetic objective")
+    agents.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "agents.md")
 
     report = commands.add_parser("report", help="write results.tsv, progress.png and summary.md of a run directory")
     report.add_argument("run_dir", type=Path)
@@ -156,6 +167,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.bench == "early-stopping":
         return _early_stopping(args)
+    if args.bench == "agents":
+        return _agents(args)
     _ensure_data(args.profile)
     out = args.out or REPO_ROOT / "data" / f"curves-{args.profile}.jsonl.gz"
     records = curves.record(out, args.runs, profile=args.profile, seed=args.seed, budget=args.budget,
@@ -182,6 +195,54 @@ def _early_stopping(args: argparse.Namespace) -> int:
     machine = f"curves recorded on {', '.join(devices)}; replayed on {platform.machine()} with {os.cpu_count()} cores"
     command = f"python -m kit bench early-stopping --curves {args.curves.name} --orders {args.orders}"
     out = stopping_bench.write_report(summaries, runs, records, args.orders, args.out, machine, command)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _agents(args: argparse.Namespace) -> int:
+    import platform
+
+    from kit import agents_bench, curves
+    from kit.policy import POLICIES
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES or p in ("lm", "llm")]
+    if unknown or len(policies) < 2:
+        raise UsageError(f"--policies takes two or more of ppo, random, greedy, tpe, cmaes; got {args.policies!r}")
+    baseline = (REPO_ROOT / "train.py").read_text()
+    command = (f"python -m kit bench agents --environment {args.environment} --seeds {args.seeds} "
+               f"--experiments {args.experiments} --policies {','.join(policies)}")
+    if args.environment == "synthetic":
+        from kit.environments import SyntheticConfig, SyntheticEnvironment
+
+        environment = SyntheticEnvironment(baseline, SyntheticConfig(seed=args.synthetic_seed))
+        budget, world = environment.config.budget, environment.describe()
+        command += f" --synthetic-seed {args.synthetic_seed}"
+    else:
+        from kit.replay import ReplayEnvironment
+
+        if not args.curves.exists():
+            raise UsageError(f"no recorded curves at {args.curves}: record some with "
+                             "`python -m kit bench record --profile cpu --runs 150`")
+        try:
+            environment = ReplayEnvironment(baseline, curves.read_dataset(args.curves))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        budget = environment.budget
+        cv = environment.surrogate.cross_validate()
+        world = (f"replayed from {sum(len(v) for v in environment.recorded.values())} recorded runs in "
+                 f"{args.curves.name} (the surrogate's 5-fold held-out error on {cv['runs']} ok runs: RMSE "
+                 f"{cv['rmse']:.4f}, MAE {cv['mae']:.4f}, Spearman {cv['spearman']:.2f}; a constant predictor: RMSE "
+                 f"{cv['constant_rmse']:.4f}, MAE {cv['constant_mae']:.4f}; fitted seed noise "
+                 f"{cv['noise_sd']:.4f})")
+    trajectories = agents_bench.run_all(policies, args.seeds, environment, args.experiments, budget)
+    header = ["# Agents head to head", "",
+              f"Measured by `{command}` in one run on {platform.machine()} with {os.cpu_count()} cores, "
+              f"{time.strftime('%Y-%m-%d')}. World: {world}. Every policy runs the unchanged loop (a noise floor of "
+              f"3 baseline runs, the gate, power-law early stopping, keep-if-better-by-2σ, git, ledger) for "
+              f"{args.experiments} experiments per seed; an experiment is a proposal, so a duplicate or rejected "
+              "proposal counts as one."]
+    out = agents_bench.write_report(trajectories, args.out, header)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

@@ -1,0 +1,184 @@
+"""Agents head to head: every policy through the unchanged loop, many seeds, on a replayed or synthetic world.
+
+Owns: running each (policy, seed) as a full loop (noise floor, gate, early stopping, noise-aware acceptance, git,
+ledger) against an Environment in a scratch directory, reading back each run's best-so-far trajectory and costs,
+and the comparison: median and interquartile best-so-far at checkpoints, experiments needed to beat the baseline by
+1 % and 2 %, the area under the best-so-far curve, wall-clock with early stopping, and a one-sided Mann-Whitney test
+of each policy against the strongest other one; writes the markdown report and its plot.
+Does not own: the environments (kit/environments.py, kit/replay.py) or the policies (kit/policy.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kit.environments import Environment
+from kit.ledger import Ledger
+from kit.loop import NOISE_POLICY, LoopConfig, run_loop
+
+CHECKPOINTS = (25, 50, 100, 300)
+TARGETS = (0.01, 0.02)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One (policy, seed) run: the best val_bpb after each agent experiment, and what the run cost."""
+
+    policy: str
+    seed: int
+    best: tuple[float, ...]  # best-so-far after agent experiment i (the noise floor's best before any)
+    baseline: float  # the first noise-floor run: the val_bpb to beat
+    experiment_seconds: float  # the environment's time: training, start-up and evaluation of every run
+    agent_seconds: float  # the loop's own time (proposals, updates, bookkeeping), as measured here
+    statuses: dict[str, int]
+
+
+def run_one(policy: str, seed: int, environment: Environment, experiments: int, budget: float,
+            work: Path, profile: str = "smoke", noise_repeats: int = 3) -> Trajectory:
+    """The loop with `policy` for `experiments` agent experiments after the noise floor, quietly."""
+    run_dir = work / f"{policy}-{seed}"
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_loop(LoopConfig(run_dir=run_dir, profile=profile, policy=policy, seed=seed, budget=budget,
+                            iterations=experiments + noise_repeats, noise_repeats=noise_repeats),
+                 environment=environment)
+    wall = time.perf_counter() - started
+    with Ledger(run_dir, readonly=True) as ledger:
+        records = ledger.records()
+    noise = [r for r in records if r.policy == NOISE_POLICY]
+    agent = [r for r in records if r.policy != NOISE_POLICY]
+    best = min((r.val_bpb for r in noise if r.val_bpb is not None), default=math.inf)
+    trajectory = []
+    for r in agent:
+        if r.val_bpb is not None:
+            best = min(best, r.val_bpb)
+        trajectory.append(best)
+    statuses: dict[str, int] = {}
+    for r in agent:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    seconds = sum(r.total_seconds for r in records)
+    baseline = next((r.val_bpb for r in noise if r.val_bpb is not None), math.nan)
+    return Trajectory(policy, seed, tuple(trajectory), baseline, seconds, wall, statuses)
+
+
+def run_all(policies: list[str], seeds: int, environment: Environment, experiments: int, budget: float,
+            log=print) -> list[Trajectory]:
+    out = []
+    with tempfile.TemporaryDirectory(prefix="agents-bench-") as tmp:
+        for policy in policies:
+            for seed in range(seeds):
+                t = run_one(policy, seed, environment, experiments, budget, Path(tmp))
+                log(f"{policy:7s} seed {seed:2d}: best {t.best[-1]:.4f} after {len(t.best)} experiments "
+                    f"({t.agent_seconds:.1f} s)")
+                out.append(t)
+    return out
+
+
+@dataclass(frozen=True)
+class Summary:
+    policy: str
+    at: dict[int, tuple[float, float, float]]  # checkpoint -> (25th, 50th, 75th percentile of best-so-far)
+    to_target: dict[float, tuple[float, int]]  # target -> (median experiments to reach it, seeds that did)
+    auc: float  # mean over experiments of the median best-so-far
+    hours: float  # median simulated hours of experiments per run
+    agent_ms: float  # median loop time per experiment, ms
+    statuses: dict[str, int]
+
+
+def summarize(trajectories: list[Trajectory]) -> list[Summary]:
+    out = []
+    for policy in dict.fromkeys(t.policy for t in trajectories):
+        ts = [t for t in trajectories if t.policy == policy]
+        n = min(len(t.best) for t in ts)
+        best = np.array([t.best[:n] for t in ts])
+        at = {c: tuple(float(x) for x in np.percentile(best[:, c - 1], [25, 50, 75])) for c in CHECKPOINTS if c <= n}
+        to_target = {}
+        for target in TARGETS:
+            hits = [next((i + 1 for i, b in enumerate(t.best) if b <= t.baseline * (1 - target)), None) for t in ts]
+            reached = [h for h in hits if h is not None]
+            # seeds that never reach it count as "more than n", so the median is honest about them
+            padded = sorted(h if h is not None else math.inf for h in hits)
+            to_target[target] = (float(np.median(padded)) if reached else math.inf, len(reached))
+        statuses: dict[str, int] = {}
+        for t in ts:
+            for k, v in t.statuses.items():
+                statuses[k] = statuses.get(k, 0) + v
+        out.append(Summary(policy, at, to_target, float(np.median(best, axis=0).mean()),
+                           float(np.median([t.experiment_seconds for t in ts]) / 3600),
+                           float(np.median([1000 * t.agent_seconds / max(len(t.best), 1) for t in ts])), statuses))
+    return out
+
+
+def significance(trajectories: list[Trajectory], policy: str, checkpoint: int) -> tuple[str, float]:
+    """The strongest other policy at `checkpoint` (lowest median) and the one-sided Mann-Whitney p-value that
+    `policy`'s best-so-far there is lower than that peer's."""
+    from scipy.stats import mannwhitneyu
+
+    def finals(name: str) -> list[float]:
+        return [t.best[checkpoint - 1] for t in trajectories if t.policy == name and len(t.best) >= checkpoint]
+
+    others = {t.policy for t in trajectories} - {policy}
+    peer = min(others, key=lambda name: float(np.median(finals(name))))
+    return peer, float(mannwhitneyu(finals(policy), finals(peer), alternative="less").pvalue)
+
+
+def write_report(trajectories: list[Trajectory], out: Path, header: list[str]) -> Path:
+    summaries = summarize(trajectories)
+    n = min(len(t.best) for t in trajectories)
+    seeds = len({t.seed for t in trajectories})
+    checkpoints = [c for c in CHECKPOINTS if c <= n]
+    lines = [*header, "",
+             f"## Best-so-far val_bpb over {seeds} seeds (median [25th–75th percentile])", "",
+             "| policy | " + " | ".join(f"after {c}" for c in checkpoints) + " | mean of median curve |",
+             "|---|" + "---:|" * (len(checkpoints) + 1)]
+    for s in summaries:
+        cells = [f"{s.at[c][1]:.4f} [{s.at[c][0]:.4f}–{s.at[c][2]:.4f}]" for c in checkpoints]
+        lines.append(f"| {s.policy} | " + " | ".join(cells) + f" | {s.auc:.4f} |")
+    lines += ["", "## Experiments to beat the baseline", "",
+              "| policy | " + " | ".join(f"−{100 * t:g} % (median, seeds that got there)" for t in TARGETS)
+              + " | hours of experiments per run | loop ms / experiment | outcomes (all seeds) |",
+              "|---|" + "---:|" * (len(TARGETS) + 2) + "---|"]
+    for s in summaries:
+        cells = [f"{'never' if math.isinf(m) else f'{m:.0f}'} ({k}/{seeds})" for m, k in s.to_target.values()]
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(s.statuses.items()))
+        lines.append(f"| {s.policy} | " + " | ".join(cells) + f" | {s.hours:.2f} | {s.agent_ms:.0f} | {outcomes} |")
+    lines += ["", f"## Against the strongest peer (one-sided Mann-Whitney U on best-so-far after {n})", "",
+              "| policy | strongest other policy | p (policy lower) |", "|---|---|---:|"]
+    for s in summaries:
+        peer, p = significance(trajectories, s.policy, n)
+        lines.append(f"| {s.policy} | {peer} | {p:.3g} |")
+    out.write_text("\n".join(lines) + "\n")
+    _plot(trajectories, out.with_suffix(".png"))
+    return out
+
+
+def _plot(trajectories: list[Trajectory], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for policy in dict.fromkeys(t.policy for t in trajectories):
+        ts = [t for t in trajectories if t.policy == policy]
+        n = min(len(t.best) for t in ts)
+        best = np.array([t.best[:n] for t in ts])
+        x = np.arange(1, n + 1)
+        low, mid, high = np.percentile(best, [25, 50, 75], axis=0)
+        ax.plot(x, mid, label=policy)
+        ax.fill_between(x, low, high, alpha=0.15)
+    ax.set_xlabel("agent experiments")
+    ax.set_ylabel("best-so-far val_bpb (median, IQR)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,43 @@
+"""kit.agents_bench: policies through the real loop on the synthetic world; the report's tables and test."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from kit import agents_bench
+from kit.__main__ import main
+from kit.environments import SyntheticConfig, SyntheticEnvironment
+from kit.harness import REPO_ROOT
+
+BASELINE = (REPO_ROOT / "train.py").read_text()
+
+
+@pytest.fixture(scope="module")
+def trajectories():
+    env = SyntheticEnvironment(BASELINE, SyntheticConfig(seed=1))
+    return agents_bench.run_all(["random", "tpe"], 3, env, 26, env.config.budget, log=lambda *_: None)
+
+
+def test_trajectories_are_best_so_far_and_start_from_the_noise_floor(trajectories):
+    for t in trajectories:
+        assert len(t.best) == 26 and all(b >= a for a, b in zip(t.best[1:], t.best, strict=False))
+        assert t.best[0] <= t.baseline + 1e-9 and math.isfinite(t.baseline)
+        assert 3 * 66.0 < t.experiment_seconds <= 29 * 66.0 and sum(t.statuses.values()) == 26  # 60 s + 6 s a run
+
+
+def test_report_has_a_row_per_policy_and_a_test_against_the_peer(trajectories, tmp_path: Path):
+    out = agents_bench.write_report(trajectories, tmp_path / "agents.md", ["# test"])
+    text = out.read_text()
+    for policy in ("random", "tpe"):
+        assert sum(line.startswith(f"| {policy} |") for line in text.splitlines()) == 3
+    assert "after 25" in text and out.with_suffix(".png").stat().st_size > 0
+    peer, p = agents_bench.significance(trajectories, "tpe", 26)
+    assert peer == "random" and 0 <= p <= 1
+
+
+def test_cli_refuses_bad_policies_and_missing_curves(tmp_path: Path, capsys):
+    assert main(["bench", "agents", "--policies", "ppo"]) == 2
+    assert "two or more" in capsys.readouterr().err
+    assert main(["bench", "agents", "--curves", str(tmp_path / "none.jsonl.gz")]) == 2
+    assert "record some" in capsys.readouterr().err
