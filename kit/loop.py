@@ -43,6 +43,7 @@ FAILURES = {Status.CRASH, Status.TIMEOUT, Status.REJECTED, Status.TAMPERED}
 NOISE_POLICY = "noise-floor"
 BRANCH = "autoresearch"
 STOP_FILE, HOLD_FILE = "STOP", "HOLD"
+MAX_REDRAWS = 8  # proposals a catalog policy may make in one step before a duplicate is recorded as one
 
 
 @dataclass(frozen=True)
@@ -338,25 +339,24 @@ class ResearchLoop:
 
     def _step(self) -> None:
         observation = self._observation(self.source)
-        state = State(source=self.source, catalog=self.catalog, mask=edits.edit_mask(self.source, self.catalog),
-                      observation=observation, knobs=edits.knobs(self.source), memory=self.memory)
+        mask = edits.edit_mask(self.source, self.catalog)
+        knobs = edits.knobs(self.source)
         timer = time.perf_counter()
-        proposal = self.policy.propose(state)
-        try:
-            if proposal.error is not None:
-                raise edits.EditError(proposal.error)
-            if proposal.candidate is not None:
-                candidate = proposal.candidate
-            elif proposal.values is not None:
-                candidate = edits.set_values(self.source, proposal.values)
-            else:
-                candidate = edits.apply_edit(self.source, proposal.edit)
-        except edits.EditError as error:
-            candidate, edit_error = self.source, str(error)
-        else:
-            edit_error = None
+        for _ in range(MAX_REDRAWS):
+            state = State(source=self.source, catalog=self.catalog, mask=mask, observation=observation, knobs=knobs,
+                          memory=self.memory)
+            proposal = self.policy.propose(state)
+            candidate, edit_error = self._candidate(proposal)
+            digest = code_hash(candidate)
+            # a catalog edit that would repeat an experiment is masked and the policy asked again: a duplicate
+            # teaches nothing, and wasting the proposal on it only slows the search down
+            if (proposal.action is None or edit_error or not self.memory.is_duplicate(digest)
+                    or mask.sum() <= 1):
+                break
+            self.policy.observe(proposal, None, accepted=False)
+            mask = mask.copy()
+            mask[proposal.action] = False
         diff = edits.unified_diff(self.source, candidate)
-        digest = code_hash(candidate)
         agent_seconds = time.perf_counter() - timer
         if edit_error or self.memory.is_duplicate(digest):
             why = edit_error or "duplicate of an experiment already run"
@@ -390,6 +390,19 @@ class ResearchLoop:
         self._record(result, description=proposal.description, diff=diff, policy=self.config.policy, reward=reward,
                      accepted=accepted, commit=commit, parent=parent, source=candidate, stats=stats,
                      duplicate=duplicate, predictions=predictions)
+
+    def _candidate(self, proposal: Proposal) -> tuple[str, str | None]:
+        """The train.py a proposal stands for, and why there is none (then the source itself is returned)."""
+        try:
+            if proposal.error is not None:
+                raise edits.EditError(proposal.error)
+            if proposal.candidate is not None:
+                return proposal.candidate, None
+            if proposal.values is not None:
+                return edits.set_values(self.source, proposal.values), None
+            return edits.apply_edit(self.source, proposal.edit), None
+        except edits.EditError as error:
+            return self.source, str(error)
 
     def _learn(self, proposal: Proposal, observation: np.ndarray, mask: np.ndarray, reward: float) -> dict:
         """PPO bookkeeping: store the transition; every ppo_every transitions, one update."""

@@ -81,3 +81,13 @@ def test_every_policy_finds_the_synthetic_optimum(env, policy, tmp_path: Path):
         best = min(r.val_bpb for r in ledger.records() if r.val_bpb is not None)
     c = env.config
     assert best < c.floor + 0.2 * c.gap, f"{policy} reached {best:.4f}; {env.describe()}"
+
+
+def test_catalog_policies_are_asked_again_instead_of_repeating_an_experiment(env, tmp_path: Path):
+    """Random edits of a hill-climbed train.py soon hit configs already run; the loop masks those and redraws."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy="random", iterations=80, budget=60.0),
+                 environment=env)
+    with Ledger(tmp_path, readonly=True) as ledger:
+        records = ledger.records()
+    assert len(records) == 80 and not [r for r in records if "duplicate" in r.reason]

@@ -131,9 +131,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_to_the_same_totals(
     assert os.path.exists(run_dir / "policy.pt")
 
 
-def test_the_convergence_oracle_fires_when_improvements_stop(smoke_data, tmp_path, monkeypatch):
+def test_the_convergence_oracle_fires_when_improvements_stop(smoke_data, tmp_path):
     """A stand-in harness whose every run scores the same: no ε-improvement, so the oracle must stop the loop."""
-    import kit.loop
     from kit.harness import RunResult, Status
 
     def flat(source, run_dir, config, monitor=None):
@@ -141,10 +140,9 @@ def test_the_convergence_oracle_fires_when_improvements_stop(smoke_data, tmp_pat
                          peak_mem_mb=1.0, num_steps=3, curve=((0.5, 3.0), (1.0, 2.9)), fingerprint={"device": "cpu"},
                          seed=0, run_dir=str(run_dir))
 
-    monkeypatch.setattr(kit.loop, "run_experiment", flat)
     config = LoopConfig(run_dir=tmp_path / "run", profile="smoke", policy="random", convergence_window=40,
                         convergence_threshold=0.1, iterations=500)
-    reason = run_loop(config)
+    reason = run_loop(config, environment=flat)
     assert reason.startswith("converged: 0/40 recent experiments improved by more than ε=0.005")
     with Ledger(tmp_path / "run", readonly=True) as ledger:
         assert len(ledger) == 3 + 40  # the noise floor, then exactly the window
