@@ -351,9 +351,27 @@ def write_report(summaries: list[Summary], runs: list[Run], records: list[dict],
     for s in sorted(best_within(summaries, 0.02).values(), key=lambda s: -s.throughput_wall):
         lines.append(f"| {s.name} | {s.setting} | ×{s.throughput_wall:.2f} | ×{s.throughput_training:.2f} | "
                      f"{s.false_prune_rate:.1%} | {s.regret:+.4f} |")
-    lines += ["", f"![throughput against false prunes]({plot.name})", ""]
+    lines += ["", verdict(summaries), "", f"![throughput against false prunes]({plot.name})", ""]
     out.write_text("\n".join(lines))
     return out
+
+
+def verdict(summaries: list[Summary], goal: float = 3.0, max_false: float = 0.02) -> str:
+    """The goal stated in one paragraph, met or not, with the numbers that decide it."""
+    best = best_within(summaries, max_false)
+    ours = [s for s in best.values() if s.name != "no stopping" and not s.name.startswith("optuna")]
+    theirs = [s for s in best.values() if s.name.startswith("optuna")]
+    if not ours:
+        return (f"**Goal** (×{goal:g} wall-clock throughput at ≤ {max_false:.0%} false prunes): not met; no kit rule "
+                f"stays under {max_false:.0%}.")
+    top = max(ours, key=lambda s: s.throughput_wall)
+    peer = max(theirs, key=lambda s: s.throughput_wall) if theirs else None
+    met = top.throughput_wall >= goal and (peer is None or top.throughput_wall > peer.throughput_wall)
+    peer_text = (f"Optuna's best there is {peer.name} ({peer.setting}) at ×{peer.throughput_wall:.2f}"
+                 if peer else "no Optuna pruner stays under that rate")
+    return (f"**Goal** (at least ×{goal:g} wall-clock throughput with at most {max_false:.0%} false prunes, ahead of "
+            f"every Optuna pruner at that rate): {'met' if met else 'not met'}. Kit's best under {max_false:.0%} is "
+            f"{top.name} ({top.setting}) at ×{top.throughput_wall:.2f}; {peer_text}.")
 
 
 def _plot(summaries: list[Summary], path: Path) -> None:
