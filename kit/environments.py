@@ -6,7 +6,7 @@ training that reads train.py's hyperparameters and answers in about a millisecon
 the stop rules can watch, a run time, and crashes where learning rates are too high. Its optimum is known and
 reachable from the baseline with the loop's own catalog edits, so tests and the teaching notebook can check that a
 policy finds it, and how fast.
-Does not own: running train.py (kit/harness.py) or replaying recorded runs (a surrogate fitted to real curves).
+Does not own: running train.py (kit/harness.py) or replaying recorded runs (kit/replay.py).
 """
 
 from __future__ import annotations
