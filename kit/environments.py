@@ -24,6 +24,22 @@ from kit.harness import HarnessConfig, Monitor, RunResult, Status
 DEFAULT_HARNESS = HarnessConfig()
 
 
+def simulated_result(world: str, budget: float, seed: int, run_dir: Path, status: Status, reason: str = "",
+                     curve=(), val_bpb: float | None = None, trained: float = 0.0, total: float = 0.0) -> RunResult:
+    """The RunResult of an experiment a stand-in world answered; its fingerprint names the world."""
+    return RunResult(status=status, val_bpb=val_bpb, reason=reason, training_seconds=trained, total_seconds=total,
+                     peak_mem_mb=None, num_steps=len(curve), curve=tuple(curve),
+                     fingerprint={"profile": world, "budget": budget, "device": world}, seed=seed, run_dir=str(run_dir))
+
+
+def gate_rejection(source: str, config: HarnessConfig) -> str | None:
+    """Why the harness's gate would refuse source (None if it passes or the config turns the gate off)."""
+    if not config.run_gate:
+        return None
+    verdict = gate.check_source(source)
+    return None if verdict.ok else f"gate: {verdict.summary()}"
+
+
 class Environment(Protocol):
     """Runs one train.py source and returns its RunResult; kit.harness.run_experiment is the real one."""
 
@@ -114,15 +130,11 @@ class SyntheticEnvironment:
         seed = int(config.seed if config.seed is not None else 0)
 
         def result(status: Status, reason: str, curve=(), val_bpb=None, trained: float = 0.0, total: float = 0.0):
-            return RunResult(status=status, val_bpb=val_bpb, reason=reason, training_seconds=trained,
-                             total_seconds=total, peak_mem_mb=None, num_steps=len(curve), curve=tuple(curve),
-                             fingerprint={"profile": f"synthetic-{c.seed}", "budget": budget, "device": "synthetic"},
-                             seed=seed, run_dir=str(run_dir))
+            return simulated_result(f"synthetic-{c.seed}", budget, seed, run_dir, status, reason, curve, val_bpb,
+                                    trained, total)
 
-        if config.run_gate:
-            verdict = gate.check_source(source)
-            if not verdict.ok:
-                return result(Status.REJECTED, f"gate: {verdict.summary()}")
+        if rejection := gate_rejection(source, config):
+            return result(Status.REJECTED, rejection)
         rng = np.random.default_rng([c.seed, seed, int(hashlib.sha256(source.encode()).hexdigest()[:12], 16)])
         final = self.expected_bpb(source) + c.noise * float(rng.standard_normal())
         crash = self.diverges(source)

@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from kit import edits, gate
+from kit import edits
 from kit.curves import ran_alone
+from kit.environments import DEFAULT_HARNESS, gate_rejection, simulated_result
 from kit.harness import HarnessConfig, Monitor, RunResult, Status
 from kit.hyperparams import Hyperparameter
-
-DEFAULT_HARNESS = HarnessConfig()
 
 
 @dataclass(frozen=True)
@@ -149,10 +148,8 @@ class ReplayEnvironment:
     def __call__(self, source: str, run_dir: Path, config: HarnessConfig = DEFAULT_HARNESS,
                  monitor: Monitor | None = None) -> RunResult:
         seed = int(config.seed if config.seed is not None else self.default_seed)
-        if config.run_gate:
-            verdict = gate.check_source(source)
-            if not verdict.ok:
-                return self._result(Status.REJECTED, f"gate: {verdict.summary()}", (), None, 0.0, 0.0, seed, run_dir)
+        if rejection := gate_rejection(source, config):
+            return self._result(Status.REJECTED, rejection, (), None, 0.0, 0.0, seed, run_dir)
         values = {k.name: k.value for k in edits.knobs(source)}
         same = self.recorded.get(config_key(self.knobs, values))
         if same:
@@ -201,7 +198,4 @@ class ReplayEnvironment:
 
     def _result(self, status: Status, reason: str, curve, val_bpb, trained: float, total: float, seed: int,
                 run_dir: Path) -> RunResult:
-        return RunResult(status=status, val_bpb=val_bpb, reason=reason, training_seconds=trained, total_seconds=total,
-                         peak_mem_mb=None, num_steps=len(curve), curve=tuple(curve),
-                         fingerprint={"profile": "replay", "budget": self.budget, "device": "replay"}, seed=seed,
-                         run_dir=str(run_dir))
+        return simulated_result("replay", self.budget, seed, run_dir, status, reason, curve, val_bpb, trained, total)
