@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--curves", type=Path, default=REPO_ROOT / "data" / "curves-cpu.jsonl.gz")
     stop.add_argument("--orders", type=_positive_int, default=50, help="random orders of the runs to replay")
     stop.add_argument("--seed", type=int, default=0)
+    stop.add_argument("--noise-sigmas", type=float, default=2.0,
+                      help="a run is kept if it beats the incumbent by this many baseline standard deviations "
+                           "(the loop's default)")
     stop.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "early_stopping.md")
 
     agents = benches.add_parser("agents", help="every policy through the loop, many seeds, on a world replayed from "
@@ -186,15 +189,15 @@ def _early_stopping(args: argparse.Namespace) -> int:
         raise UsageError(f"no recorded curves at {args.curves}: record some with "
                          "`python -m kit bench record --profile cpu --runs 150`")
     records = curves.read_dataset(args.curves)
-    runs = stopping_bench.load_runs(records)
     try:
-        summaries = stopping_bench.run_benchmark(runs, args.orders, seed=args.seed)
+        stream = stopping_bench.Stream.of(stopping_bench.load_runs(records), noise_sigmas=args.noise_sigmas)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    summaries = stopping_bench.run_benchmark(stream, args.orders, seed=args.seed)
     devices = sorted({str(r.get("device")) for r in records})
     machine = f"curves recorded on {', '.join(devices)}; replayed on {platform.machine()} with {os.cpu_count()} cores"
     command = f"python -m kit bench early-stopping --curves {args.curves.name} --orders {args.orders}"
-    out = stopping_bench.write_report(summaries, runs, records, args.orders, args.out, machine, command)
+    out = stopping_bench.write_report(summaries, stream, records, args.orders, args.out, machine, command)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

@@ -438,7 +438,7 @@ class ResearchLoop:
         an incumbent, or with early_stopping none), and a progress event per point for the dashboard."""
         stopper = None
         if self.stop_rule is not None and self.incumbent is not None and self.incumbent_curve:
-            incumbent = Reference(tuple(self.incumbent_curve), self.incumbent, self._budget())
+            incumbent = Reference(tuple(self.incumbent_curve), self.incumbent, self._budget(), self.noise_margin)
             stopper = EarlyStopper(self.stop_rule, incumbent)
         return _Watch(stopper, self._emit)
 

@@ -46,11 +46,14 @@ def _rounded(x: float | None) -> float | None:
 
 @dataclass(frozen=True, eq=False)
 class Reference:
-    """The run to beat: its recorded curve, its val_bpb and the training seconds it had."""
+    """The run to beat: its recorded curve, its val_bpb and the training seconds it had. margin is how much a run
+    must beat val_bpb by to be kept (the loop's noise margin): a run that will not clear that bar is not worth
+    finishing, even if it ends a little below the incumbent."""
 
     curve: tuple[tuple[float, float], ...]
     val_bpb: float
     budget: float
+    margin: float = 0.0
 
     @functools.cached_property
     def points(self) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +68,16 @@ class Reference:
     def to_val_bpb(self, loss: float) -> float:
         """A final training loss in val_bpb, by the incumbent's own ratio of the two."""
         return self.val_bpb * loss / self.final_loss
+
+    @property
+    def bar(self) -> float:
+        """The val_bpb a run must end below to be kept."""
+        return self.val_bpb - self.margin
+
+    @property
+    def margin_loss(self) -> float:
+        """The margin in training-loss units, by the same ratio."""
+        return self.margin * self.final_loss / self.val_bpb
 
 
 def as_arrays(curve, budget: float) -> tuple[np.ndarray, np.ndarray]:
@@ -273,7 +286,7 @@ class PowerLawRule(Rule):
             predicted_loss = forecast
             gap, noise = forecast - incumbent.final_loss, se
         predicted = incumbent.to_val_bpb(predicted_loss)
-        stop = gap > c.tolerance + c.z * noise
+        stop = gap > c.tolerance - incumbent.margin_loss + c.z * noise
         verb = "stop" if stop else "go on"
         return Decision(stop, predicted, f"{verb}: forecast loss {predicted_loss:.4f} vs incumbent "
                         f"{incumbent.final_loss:.4f} (gap {gap:+.4f}, ±{noise:.4f})", predicted_loss=predicted_loss)
@@ -294,10 +307,11 @@ class LinearRule(Rule):
             return Decision(False, None, "a check without points")
         slope, intercept = np.polyfit(checks, means, 1)
         predicted_loss = float(slope + intercept)
-        stop = predicted_loss > c.margin * incumbent.final_loss
+        bar_loss = incumbent.final_loss - incumbent.margin_loss
+        stop = predicted_loss > c.margin * bar_loss
         return Decision(stop, incumbent.to_val_bpb(predicted_loss),
                         f"{'stop' if stop else 'go on'}: line to the end {predicted_loss:.4f} vs {c.margin:g} × "
-                        f"incumbent {incumbent.final_loss:.4f}", predicted_loss=predicted_loss)
+                        f"the bar {bar_loss:.4f}", predicted_loss=predicted_loss)
 
 
 class SameProgressRule(Rule):
@@ -312,7 +326,7 @@ class SameProgressRule(Rule):
             return Decision(False, None, "no points to compare at this progress")
         gap, noise = mine - theirs, math.hypot(my_se, their_se)
         predicted_loss = incumbent.final_loss + gap  # the gap, if it stays as it is
-        stop = gap > c.tolerance + c.z * noise
+        stop = gap > c.tolerance - incumbent.margin_loss + c.z * noise
         return Decision(stop, incumbent.to_val_bpb(predicted_loss),
                         f"{'stop' if stop else 'go on'}: loss {mine:.4f} vs incumbent {theirs:.4f} at "
                         f"{now:.0%} of the budget (gap {gap:+.4f}, ±{noise:.4f})", predicted_loss=predicted_loss)
@@ -378,10 +392,10 @@ class CalibratedRule(Rule):
             return Decision(False, None, "no points to compare at this progress")
         slope, spread = model
         predicted = incumbent.val_bpb + slope * (mine - theirs)
-        stop = predicted - c.z * spread > incumbent.val_bpb
+        stop = predicted - c.z * spread > incumbent.bar
         return Decision(stop, predicted, f"{'stop' if stop else 'go on'}: val_bpb {predicted:.4f} ± {spread:.4f} "
-                        f"predicted from the loss gap {mine - theirs:+.4f} at {now:.0%} vs incumbent "
-                        f"{incumbent.val_bpb:.4f} ({len(self.history)} runs learned)")
+                        f"predicted from the loss gap {mine - theirs:+.4f} at {now:.0%} vs the bar "
+                        f"{incumbent.bar:.4f} ({len(self.history)} runs learned)")
 
 
 RULES: dict[str, tuple[type[Rule], type[CheckConfig]]] = {

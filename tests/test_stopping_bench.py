@@ -14,19 +14,29 @@ from kit.harness import REPO_ROOT
 BUDGET = 60.0
 
 
-def record(index: int, c: float, val_bpb: float, seed: int) -> dict:
+def record(index: int, c: float, val_bpb: float, seed: int, kind: str = "walk") -> dict:
     rng = np.random.default_rng(seed)
     u = np.linspace(0.005, 1.0, 120)
     loss = 0.8 * u ** -0.5 + c + rng.normal(0, 0.02, len(u))
-    return {"index": index, "kind": "walk", "status": "ok", "val_bpb": val_bpb, "budget": BUDGET,
+    return {"index": index, "kind": kind, "status": "ok", "val_bpb": val_bpb, "budget": BUDGET,
             "curve": [[float(t), float(y)] for t, y in zip(u * BUDGET, loss, strict=True)],
             "total_seconds": 70.0, "training_seconds": BUDGET, "timings": {"first_progress": 5.0},
             "profile": "cpu", "device": "cpu"}
 
 
-def dataset(n: int = 12) -> list[dict]:
-    # val_bpb in proportion to the final loss (0.8 + c), as the rules assume when they map a forecast to val_bpb
-    return [record(i, 1.0 + 0.05 * i, 1.4 * (1.8 + 0.05 * i), i) for i in range(n)]
+def dataset(n: int = 12, step: float = 0.05) -> list[dict]:
+    """n edited runs, each `step` of loss (1.4 × step of val_bpb) apart, and three baseline runs worse than all of
+    them whose val_bpb spread makes a noise margin of 0.02 (val_bpb in proportion to the final loss, as the rules
+    assume when they map a forecast to val_bpb)."""
+    edited = [record(i, 1.0 + step * i, 1.4 * (1.8 + step * i), i) for i in range(n)]
+    worst = 1.0 + step * n
+    baselines = [record(100 + j, worst, 1.4 * (0.8 + worst) + d, 100 + j, "baseline")
+                 for j, d in enumerate((0.0, 0.01, -0.01))]
+    return baselines + edited
+
+
+def stream(records: list[dict]) -> stopping_bench.Stream:
+    return stopping_bench.Stream.of(stopping_bench.load_runs(records))
 
 
 class StopAtFirstCheck(predictor.Rule):
@@ -36,44 +46,61 @@ class StopAtFirstCheck(predictor.Rule):
         return predictor.Decision(True, None, "always")
 
 
+def test_the_noise_margin_is_the_loops_two_baseline_deviations():
+    assert stream(dataset()).margin == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="2 baseline runs"):
+        stream(dataset()[2:])
+
+
 def test_no_stopping_costs_everything_and_loses_nothing():
-    runs = stopping_bench.load_runs(dataset())
-    order = np.arange(len(runs))[::-1]  # worst first: every run is a new best
-    out = stopping_bench.replay_rule(runs, order, lambda: stopping_bench._NeverStop(BUDGET))
+    s = stream(dataset())
+    order = stopping_bench.Order(0, np.arange(len(s.candidates))[::-1])  # worst first: every run is kept
+    out = stopping_bench.replay_rule(s, order, lambda: stopping_bench._NeverStop(BUDGET))
     assert out.spent_training == out.full_training and out.stopped == 0
-    assert out.would_be_best == len(runs) - 1 and out.false_prunes == 0
-    assert out.best == min(r.val_bpb for r in runs)
+    assert out.would_be_kept == len(s.candidates) and out.false_prunes == 0
+    assert out.best == min(r.val_bpb for r in s.candidates)
 
 
 def test_stopping_everything_is_counted_as_it_happens():
-    runs = stopping_bench.load_runs(dataset(4))
-    order = np.array([3, 2, 1, 0])  # each later run would be the new best
-    out = stopping_bench.replay_rule(runs, order, lambda: StopAtFirstCheck(BUDGET))
-    assert out.compared == 3 and out.stopped == 3 and out.false_prunes == 3 and out.would_be_best == 3
-    first_check = runs[0].curve[next(i for i, (t, _) in enumerate(runs[0].curve) if t / BUDGET >= 0.1)][0]
-    assert out.spent_training == pytest.approx(BUDGET + 3 * first_check)
-    assert out.spent_wall == pytest.approx(70.0 + 3 * (5.0 + first_check))  # a stopped run: start-up + its training, no evaluation
-    assert out.best == runs[3].val_bpb  # the incumbent never changed
-    summary = stopping_bench.summarize("all", "-", [out], [runs[0].val_bpb], 0.0)
-    assert summary.false_prune_rate == 1.0 and summary.regret == runs[3].val_bpb - runs[0].val_bpb
+    s = stream(dataset(4))
+    order = stopping_bench.Order(0, np.array([3, 2, 1, 0]))  # each later run would be kept
+    out = stopping_bench.replay_rule(s, order, lambda: StopAtFirstCheck(BUDGET))
+    assert out.compared == 4 and out.stopped == 4 and out.false_prunes == 4 and out.would_be_kept == 4
+    curve = s.candidates[0].curve
+    first_check = curve[next(i for i, (t, _) in enumerate(curve) if t / BUDGET >= 0.1)][0]
+    assert out.spent_training == pytest.approx(4 * first_check)
+    assert out.spent_wall == pytest.approx(4 * (5.0 + first_check))  # start-up + its training, no evaluation
+    assert out.best == s.starts[0].val_bpb  # the incumbent never changed
+    summary = stopping_bench.summarize("all", "-", [out], [s.candidates[0].val_bpb], 0.0)
+    assert summary.false_prune_rate == 1.0 and summary.regret == s.starts[0].val_bpb - s.candidates[0].val_bpb
+
+
+def test_a_gain_inside_the_noise_margin_is_not_kept_so_stopping_it_is_no_false_prune():
+    s = stream(dataset(4, step=0.01))  # 0.014 val_bpb apart, less than the 0.02 margin
+    order = stopping_bench.Order(1, np.array([3, 2, 1, 0]))  # the 0.01-worse baseline: only run 3 clears it
+    kept = stopping_bench.replay_rule(s, order, lambda: stopping_bench._NeverStop(BUDGET))
+    assert kept.would_gain == 4 and kept.would_be_kept == 2  # run 3, then run 1 (two steps below run 3)
+    # with everything stopped the incumbent stays the baseline, which every run clears by the margin
+    stopped = stopping_bench.replay_rule(s, order, lambda: StopAtFirstCheck(BUDGET))
+    assert stopped.stopped_gains == stopped.would_gain == 4 and stopped.false_prunes == stopped.would_be_kept == 4
 
 
 def test_kit_rules_and_optuna_pruners_replay_the_same_orders(tmp_path: Path):
     records = dataset(16)
-    runs = stopping_bench.load_runs(records)
-    summaries = stopping_bench.run_benchmark(runs, orders=3, log=lambda line: None)
-    names = {s.name for s in summaries}
+    s = stream(records)
+    summaries = stopping_bench.run_benchmark(s, orders=3, log=lambda line: None)
+    names = {x.name for x in summaries}
     assert {"no stopping", "power-law, equal progress", "optuna median", "optuna wilcoxon",
             "optuna hyperband"} <= names
     none = summaries[0]
     assert none.throughput_training == 1.0 and none.false_prune_rate == 0.0 and none.regret == 0.0
-    for s in summaries:
-        assert s.throughput_training >= 1.0 and 0 <= s.false_prune_rate <= 1 and s.regret >= 0
-    # these curves are well separated: the equal-progress power law stops most runs and loses no new best
-    power = next(s for s in summaries if s.name == "power-law, equal progress" and s.setting == "z=2")
-    assert power.stopped_share > 0.5 and power.false_prune_rate == 0.0
+    for x in summaries:
+        assert x.throughput_training >= 1.0 and 0 <= x.false_prune_rate <= 1
+    # these curves are well separated: the equal-progress power law stops most runs and loses no kept run
+    power = next(x for x in summaries if x.name == "power-law, equal progress" and x.setting == "z=2")
+    assert power.stopped_share > 0.5 and power.false_prune_rate == 0.0 and power.regret == 0.0
     assert power.forecast_mae[0.5] < 0.05
-    out = stopping_bench.write_report(summaries, runs, records, 3, tmp_path / "early_stopping.md", "test", "cmd")
+    out = stopping_bench.write_report(summaries, s, records, 3, tmp_path / "early_stopping.md", "test", "cmd")
     text = out.read_text()
     assert text.count("\n| ") >= len(summaries) + 2 and (tmp_path / "early_stopping.png").stat().st_size > 0
 
