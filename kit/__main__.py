@@ -115,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     agents.add_argument("--seeds", type=_positive_int, default=20)
     agents.add_argument("--experiments", type=_positive_int, default=300, help="agent experiments per run")
     agents.add_argument("--synthetic-seed", type=int, default=1, help="which synthetic objective")
+    agents.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (one core each)")
     agents.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "agents.md")
 
     report = commands.add_parser("report", help="write results.tsv, progress.png and summary.md of a run directory")
@@ -238,11 +239,14 @@ def _agents(args: argparse.Namespace) -> int:
                  f"{cv['rmse']:.4f}, MAE {cv['mae']:.4f}, Spearman {cv['spearman']:.2f}; a constant predictor: RMSE "
                  f"{cv['constant_rmse']:.4f}, MAE {cv['constant_mae']:.4f}; fitted seed noise "
                  f"{cv['noise_sd']:.4f})")
-    trajectories = agents_bench.run_all(policies, args.seeds, environment, args.experiments, budget)
+    started = time.perf_counter()
+    trajectories = agents_bench.run_all(policies, args.seeds, environment, args.experiments, budget, jobs=args.jobs)
+    minutes = (time.perf_counter() - started) / 60
     header = ["# Agents head to head", "",
               f"Measured by `{command}` in one run on {platform.machine()} with {os.cpu_count()} cores, "
-              f"{time.strftime('%Y-%m-%d')}. World: {world}. Every policy runs the unchanged loop (a noise floor of "
-              f"3 baseline runs, the gate, power-law early stopping, keep-if-better-by-2σ, git, ledger) for "
+              f"{time.strftime('%Y-%m-%d')}, in {minutes:.0f} minutes with {args.jobs} worker processes. "
+              f"World: {world}. Every policy runs the unchanged loop (a noise floor of 3 baseline runs, the gate, "
+              "power-law early stopping, keep-if-better-by-2σ, git, ledger) for "
               f"{args.experiments} experiments per seed; an experiment is a proposal, so a duplicate or rejected "
               "proposal counts as one."]
     out = agents_bench.write_report(trajectories, args.out, header)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+import functools
 import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
@@ -44,6 +45,7 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+@functools.lru_cache(maxsize=256)  # the loop hashes each candidate twice (duplicate check, then the record)
 def code_hash(source: str) -> str:
     """sha256 of the normalized code: the AST without docstrings, so comments, layout and docstrings do not count.
 

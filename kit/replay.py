@@ -159,6 +159,10 @@ class ReplayEnvironment:
                                record["training_seconds"], record["total_seconds"], seed, run_dir, monitor)
         return self._predict(values, seed, run_dir, monitor)
 
+    def expected_bpb(self, source: str) -> float:
+        """The surrogate's mean val_bpb for source, seed noise left out: what a config is worth in this world."""
+        return self.surrogate.predict({k.name: k.value for k in edits.knobs(source)})[0]
+
     def _draw(self, values: dict[str, Any], *stream: int) -> np.random.Generator:
         digest = hashlib.sha256(repr(config_key(self.knobs, values)).encode()).hexdigest()[:12]
         return np.random.default_rng([self.config.seed, int(digest, 16), *stream])
@@ -177,7 +181,10 @@ class ReplayEnvironment:
         mean, sd = s.predict(values)
         val_bpb = mean + sd * float(world.standard_normal()) + s.noise_sd * float(rng.standard_normal())
         shape = s.nearest(values, ok_only=True)[0]
-        shift = val_bpb - shape["val_bpb"]  # the neighbour's curve, moved to end where this run ends
+        # the neighbour's curve, moved to end where this run ends: val_bpb and training loss differ in units, so the
+        # shift goes through the neighbour's own ratio of final loss to val_bpb
+        tail = [loss for t, loss in shape["curve"] if t >= 0.95 * self.budget] or [shape["curve"][-1][1]]
+        shift = (val_bpb - shape["val_bpb"]) * float(np.mean(tail)) / shape["val_bpb"]
         curve = [(t, loss + shift) for t, loss in shape["curve"]]
         return self._serve("ok", "", curve, round(val_bpb, 6), shape["training_seconds"], shape["total_seconds"],
                            seed, run_dir, monitor)

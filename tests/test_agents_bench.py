@@ -13,10 +13,26 @@ from kit.harness import REPO_ROOT
 BASELINE = (REPO_ROOT / "train.py").read_text()
 
 
+ENV = SyntheticEnvironment(BASELINE, SyntheticConfig(seed=1))
+
+
 @pytest.fixture(scope="module")
 def trajectories():
-    env = SyntheticEnvironment(BASELINE, SyntheticConfig(seed=1))
-    return agents_bench.run_all(["random", "tpe"], 3, env, 26, env.config.budget, log=lambda *_: None)
+    return agents_bench.run_all(["random", "tpe"], 3, ENV, 26, ENV.config.budget, log=lambda *_: None, jobs=2)
+
+
+def test_worker_processes_give_what_one_process_gives(trajectories, tmp_path: Path):
+    alone = agents_bench.run_one("tpe", 1, ENV, 26, ENV.config.budget, tmp_path)
+    pooled = next(t for t in trajectories if t.policy == "tpe" and t.seed == 1)
+    assert alone.best == pooled.best and alone.found == pooled.found
+    assert [(t.policy, t.seed) for t in trajectories] == [(p, s) for p in ("random", "tpe") for s in range(3)]
+
+
+def test_the_found_config_is_valued_without_noise(trajectories):
+    for t in trajectories:
+        # the synthetic objective's value of the best config: at least the optimum, within a few noise sds of
+        # the lucky draw that made it the best
+        assert ENV.optimum <= t.found <= t.best[-1] + 5 * ENV.config.noise
 
 
 def test_trajectories_are_best_so_far_and_start_from_the_noise_floor(trajectories):
