@@ -191,6 +191,34 @@ def config_vector(source: str, knob_names: list[str]) -> np.ndarray:
     return out
 
 
+EDIT_KINDS_ORDER = ("scale", "shift", "set", "toggle")
+
+
+def edit_features(source: str, catalog: list[Edit], knob_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """What an edit is, for a policy that should generalize across edits: (features, knob index).
+
+    features[i] = one-hot of the knob (in knob_names order), one-hot of the kind, the signed size of the move (log2
+    of a scale factor; a shift as a share of the range width, ×10 so the catalog's shifts are about ±1), and the
+    target's place in [0, 1] for a set. knob index[i] is the knob's position in knob_names (the observation's config
+    vector), so a policy can read where the knob stands now. Both depend on the ranges only, not on the values."""
+    ranges = {k.name: k for k in _parsed(source)[0]}
+    features = np.zeros((len(catalog), len(knob_names) + len(EDIT_KINDS_ORDER) + 2), dtype=np.float32)
+    index = np.array([knob_names.index(e.name) for e in catalog], dtype=np.int64)
+    for i, e in enumerate(catalog):
+        k = ranges[e.name]
+        features[i, index[i]] = 1.0
+        features[i, len(knob_names) + EDIT_KINDS_ORDER.index(e.kind)] = 1.0
+        if e.kind == "scale":
+            move = math.log2(e.arg)
+        elif e.kind == "shift":
+            move = 10.0 * e.arg / (k.high - k.low)
+        else:
+            move = 0.0
+        features[i, -2] = move
+        features[i, -1] = k.normalized(e.arg) if e.kind == "set" else 0.0
+    return features, index
+
+
 def unified_diff(old: str, new: str, name: str = "train.py") -> str:
     """The unified diff (3 lines of context) that turns old into new; '' when they are equal."""
     out = []

@@ -183,7 +183,8 @@ class ResearchLoop:
         for r in records:
             self._learn_curve(r.status, r.curve, r.val_bpb)
         self.policy = make_policy(self.config.policy, len(self.catalog), self._observation(self.source).size,
-                                  edits.knobs(self.source), seed=self.config.seed, **self._model_configs())
+                                  edits.knobs(self.source), seed=self.config.seed, **self._model_configs(),
+                                  edit_features=edits.edit_features(self.source, self.catalog, self.knob_names))
         self.optimizer = None
         self.buffer: list[dict] = []
         if isinstance(self.policy, OperatorPolicy):
@@ -191,7 +192,11 @@ class ResearchLoop:
         checkpoint = self.run_dir / "policy.pt"
         if checkpoint.exists():
             saved = torch.load(checkpoint, weights_only=False)
-            self.policy.load_state_dict(saved["policy"])
+            try:
+                self.policy.load_state_dict(saved["policy"])
+            except (RuntimeError, KeyError, ValueError) as error:  # a policy of another shape or kind
+                raise ValueError(f"{checkpoint} holds a policy this kit cannot load ({str(error)[:120]}); move it "
+                                 "away to start the policy afresh (the ledger and git history are kept)") from None
             if self.optimizer is not None and saved.get("optimizer"):
                 self.optimizer.load_state_dict(saved["optimizer"])
             self.buffer = saved.get("buffer", [])

@@ -111,25 +111,53 @@ def _layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float =
 
 
 class OperatorPolicy(nn.Module):
-    """CleanRL-style actor-critic: two tanh MLPs over the observation, a categorical head over the catalog."""
+    """CleanRL-style actor-critic over the catalog: the critic is a tanh MLP over the observation; the actor scores
+    every edit with one shared tanh MLP over (the state's embedding, the edit's features, where its knob stands now).
+
+    Sharing the scorer is what lets a few hundred experiments teach it anything: an edit is usually tried once per
+    incumbent (a repeat is a duplicate), so a head with one free logit per edit would learn nothing it can reuse,
+    while features (knob, kind, signed size of the move; kit.edits.edit_features) carry "raising this learning rate
+    paid" over to the other edits that raise it. Without edit features each edit is its own one-hot feature, which
+    is the plain categorical head."""
 
     name = "ppo"
 
-    def __init__(self, observation_size: int, catalog_size: int, seed: int = 0, config: PolicyConfig = PolicyConfig()):
+    def __init__(self, observation_size: int, catalog_size: int, seed: int = 0, config: PolicyConfig = PolicyConfig(),
+                 edit_features: np.ndarray | None = None, edit_knobs: np.ndarray | None = None):
         super().__init__()
         if observation_size < 1 or catalog_size < 1:
             raise ValueError(f"OperatorPolicy needs observation_size and catalog_size >= 1, got "
                              f"{observation_size=}, {catalog_size=}")
+        if edit_features is None:
+            edit_features = np.eye(catalog_size, dtype=np.float32)
+        if edit_knobs is None:
+            edit_knobs = np.full(catalog_size, -1)
+        edit_features, edit_knobs = np.asarray(edit_features, np.float32), np.asarray(edit_knobs, np.int64)
+        if edit_features.ndim != 2 or len(edit_features) != catalog_size or edit_knobs.shape != (catalog_size,) \
+                or edit_knobs.max(initial=-1) >= observation_size:
+            raise ValueError(f"edit_features needs one row and edit_knobs one observation index (or -1) per edit, "
+                             f"got {edit_features.shape=}, {edit_knobs.shape=} for {catalog_size=}")
         h = config.hidden_size
         with torch.random.fork_rng(devices=[]):  # same seed, same initial weights; the global RNG is left alone
             torch.manual_seed(seed)
             self.critic = nn.Sequential(_layer_init(nn.Linear(observation_size, h)), nn.Tanh(),
                                         _layer_init(nn.Linear(h, h)), nn.Tanh(), _layer_init(nn.Linear(h, 1), std=1.0))
-            self.actor = nn.Sequential(_layer_init(nn.Linear(observation_size, h)), nn.Tanh(),
-                                       _layer_init(nn.Linear(h, h)), nn.Tanh(),
-                                       _layer_init(nn.Linear(h, catalog_size), std=config.actor_init_std))
+            self.state_net = nn.Sequential(_layer_init(nn.Linear(observation_size, h)), nn.Tanh(),
+                                           _layer_init(nn.Linear(h, h)), nn.Tanh())
+            self.edit_net = nn.Sequential(_layer_init(nn.Linear(edit_features.shape[1] + 1, h)), nn.Tanh(),
+                                          _layer_init(nn.Linear(h, h), std=config.actor_init_std))
+        self.register_buffer("edit_features", torch.from_numpy(edit_features))
+        self.register_buffer("edit_knobs", torch.from_numpy(edit_knobs))
         self.observation_size, self.catalog_size = observation_size, catalog_size
         self.generator = torch.Generator().manual_seed(seed)
+
+    def actor(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over the catalog, shape (batch, catalog_size)."""
+        batch, n = x.shape[0], self.catalog_size
+        features = self.edit_features[None].expand(batch, n, -1)
+        where = x[:, self.edit_knobs.clamp(min=0)] * (self.edit_knobs >= 0)  # the knob's normalized value now
+        edits = self.edit_net(torch.cat([features, where[..., None]], dim=-1))  # (batch, n, h)
+        return (edits * self.state_net(x)[:, None, :]).sum(-1)
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(x)
@@ -353,9 +381,10 @@ def _tidy(knob: Hyperparameter, value: Any, digits: int) -> Any:
 
 
 def make_policy(name: str, catalog_size: int, observation_size: int, knobs: list[Hyperparameter], seed: int,
-                config: PolicyConfig = PolicyConfig(), lm=None, llm=None) -> Policy:
+                config: PolicyConfig = PolicyConfig(), lm=None, llm=None,
+                edit_features: tuple[np.ndarray, np.ndarray] | None = None) -> Policy:
     """The policy called name, seeded; "lm" needs lm (a kit.lm_policy.LMPolicyConfig), "llm" needs llm
-    (a kit.llm_proposer.LLMConfig)."""
+    (a kit.llm_proposer.LLMConfig); "ppo" scores edits by edit_features (kit.edits.edit_features) when given."""
     if name == "lm":
         from kit.lm_policy import LMPolicy
 
@@ -369,7 +398,9 @@ def make_policy(name: str, catalog_size: int, observation_size: int, knobs: list
             raise ValueError("the llm proposer needs an endpoint: give --llm-url URL and --llm-model NAME")
         return LLMProposer(llm)
     if name == "ppo":
-        return OperatorPolicy(observation_size, catalog_size, seed=seed, config=config)
+        features, knob_index = edit_features if edit_features is not None else (None, None)
+        return OperatorPolicy(observation_size, catalog_size, seed=seed, config=config, edit_features=features,
+                              edit_knobs=knob_index)
     if name == "random":
         return RandomPolicy(seed)
     if name == "greedy":

@@ -17,6 +17,7 @@ from kit.edits import (
     apply_unified_diff,
     build_catalog,
     config_vector,
+    edit_features,
     edit_mask,
     knobs,
     set_values,
@@ -492,3 +493,17 @@ def test_a_trimmed_context_line_or_a_missing_final_newline_in_the_diff_text_stil
     diff = "--- a/f\n+++ b/f\n@@ -1,3 +1,3 @@\n a\n\n-c\n+C\n"
     assert apply_unified_diff("a\n\nc\n", diff) == "a\n\nC\n"
     assert apply_unified_diff("a\n\nc\n", diff.rstrip("\n")) == "a\n\nC\n"  # only the marker drops a line end
+
+
+def test_edit_features_name_the_knob_the_kind_and_the_signed_move():
+    catalog = build_catalog(REAL)
+    names = [k.name for k in knobs(REAL)]
+    features, index = edit_features(REAL, catalog, names)
+    assert features.shape == (len(catalog), len(names) + 6) and index.shape == (len(catalog),)
+    for row, i, edit in zip(features, index, catalog, strict=True):
+        assert names[i] == edit.name and row[: len(names)].sum() == 1 and row[i] == 1
+        assert row[len(names): len(names) + 4].sum() == 1
+        if edit.kind == "scale":
+            assert row[-2] == pytest.approx(math.log2(edit.arg))
+    shifts = [row[-2] for row, e in zip(features, catalog, strict=True) if e.kind == "shift"]
+    assert shifts and min(shifts) < 0 < max(shifts)  # both directions, opposite signs

@@ -251,3 +251,31 @@ def test_make_policy_builds_every_named_policy():
         make_policy("tpe", 6, 3, [], seed=0)
     with pytest.raises(ValueError, match="hidden_size"):
         PolicyConfig(hidden_size=0)
+
+
+def test_edit_features_carry_what_one_edit_taught_over_to_its_kin():
+    # edits 0, 1: knob 0 up by a little and by a lot; edit 2: knob 1 down. A step toward edit 0 must raise edit 1
+    # (same knob, same direction) against edit 2; with one-hot features (no kin) the two move alike.
+    features = np.array([[1, 0, 0.3], [1, 0, 1.0], [0, 1, -1.0]], dtype=np.float32)
+    obs = torch.zeros(1, 3)
+
+    def logit_change(policy: OperatorPolicy) -> np.ndarray:
+        with torch.no_grad():
+            before = policy.actor(obs)[0].clone()
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+        _, logprob, _, _ = policy.get_action_and_value(obs, torch.tensor([0]))
+        (-logprob.sum()).backward()
+        optimizer.step()
+        with torch.no_grad():
+            return (policy.actor(obs)[0] - before).numpy()
+
+    for seed in range(3):
+        shared = logit_change(OperatorPolicy(3, 3, seed=seed, edit_features=features, edit_knobs=[0, 0, 1]))
+        assert shared[0] > 0 and shared[1] - shared[2] > 0.2 * shared[0], seed
+        alone = logit_change(OperatorPolicy(3, 3, seed=seed))
+        assert abs(alone[1] - alone[2]) < 0.2 * alone[0], seed
+
+
+def test_operator_policy_refuses_features_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="edit_features"):
+        OperatorPolicy(3, 3, edit_features=np.zeros((2, 4)), edit_knobs=[0, 0])
