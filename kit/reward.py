@@ -7,7 +7,8 @@ A finished (`ok`) run earns
   + efficiency * (1 - min(1, total_seconds / budget))          faster runs earn more
   + stability  * exp(-var(loss over the curve's last stability_window)),   0 with fewer than 2 points or a NaN loss
 
-A `pruned` run earns the same with the predictor's forecast in place of val_bpb, plus the early-stop bonus.
+A `pruned` run earns the same with the predictor's forecast in place of val_bpb, plus the early-stop bonus (or, with
+credit_early_stops off, only the forecast's accuracy and the stability).
 `crash`, `timeout`, `rejected` and `tampered` earn their penalty; a duplicate adds its penalty to whatever the
 status earned. Every term is recorded in `Reward.parts`; the total is their sum and always finite.
 Does not own: deciding acceptance (kit.loop), the forecast (kit.predictor), or duplicate detection (kit.memory).
@@ -47,6 +48,11 @@ class RewardConfig:
     """Reward of a run that touched frozen files or cheated the evaluation."""
     early_stop_bonus: float = 0.1
     """Added to a pruned run: stopping a hopeless run early saves budget."""
+    credit_early_stops: bool = True
+    """Whether a pruned run's saved time (the efficiency term) and the early-stop bonus count toward its reward.
+    The paper's agent decides itself when to stop, so it earns them. In this kit a stop rule decides, and the
+    policy only proposes; crediting it pays the proposal for being bad enough to stop. False gives a pruned run
+    the efficiency of a full run (0) and no bonus: only its forecast accuracy and stability count."""
     stability_window: float = 0.2
     """Fraction of the curve's last points whose loss variance is measured (at least 2 points)."""
 
@@ -123,9 +129,10 @@ def compute_reward(status: str, val_bpb: float | None, incumbent: float | None, 
         reference = _positive(incumbent)
         accuracy = math.log(reference / final) if reference is not None and final is not None else 0.0
         parts["accuracy"] = config.accuracy * accuracy
-        parts["efficiency"] = config.efficiency * efficiency_score(total_seconds, budget)
+        credited = status == Status.OK or config.credit_early_stops
+        parts["efficiency"] = config.efficiency * efficiency_score(total_seconds, budget) if credited else 0.0
         parts["stability"] = config.stability * stability_score(list(curve or ()), config.stability_window)
-        if status == Status.PRUNED:
+        if status == Status.PRUNED and config.credit_early_stops:
             parts["early_stop"] = config.early_stop_bonus
     else:
         assert status in _FAILURES

@@ -101,6 +101,17 @@ def test_pruned_run_uses_the_forecast_and_gets_the_bonus():
     assert no_value.parts["accuracy"] == 0 and math.isfinite(no_value.total)
 
 
+def test_without_credit_for_early_stops_a_pruned_bad_run_earns_less_than_a_full_tie():
+    paper = compute_reward("pruned", None, 1.0, 20.0, 60.0, CURVE, predicted=1.05)
+    tie = compute_reward("ok", 1.0, 1.0, 66.0, 60.0, CURVE)
+    assert paper.total > tie.total  # the paper's weights pay the proposal for being stopped
+    config = RewardConfig(credit_early_stops=False)
+    honest = compute_reward("pruned", None, 1.0, 20.0, 60.0, CURVE, predicted=1.05, config=config)
+    assert honest.parts["efficiency"] == 0.0 and "early_stop" not in honest.parts
+    assert honest.parts["accuracy"] == paper.parts["accuracy"] < 0
+    assert honest.total < compute_reward("ok", 1.0, 1.0, 66.0, 60.0, CURVE, config=config).total
+
+
 @pytest.mark.parametrize("val_bpb, incumbent, total_seconds, curve, predicted", [
     (None, 1.0, 10.0, CURVE, None),
     (float("nan"), 1.0, 10.0, CURVE, None),
