@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--llm-url", default=None, help="the llm proposer's OpenAI-compatible endpoint, e.g. "
                       "http://127.0.0.1:8000/v1 (API key from $OPENAI_API_KEY)")
     loop.add_argument("--llm-model", default=None, help="the model name the llm endpoint serves")
-    loop.add_argument("--early-stopping", choices=(*RULES, "none"), default="power-law",
-                      help="stop rule asked while a run trains (default: power-law)")
+    loop.add_argument("--early-stopping", choices=(*RULES, "none"), default="same-progress",
+                      help="stop rule asked while a run trains (default: same-progress, the one bench/early_stopping.md found safe)")
 
     bench = commands.add_parser("bench", help="record learning curves; benchmark early stopping and agents")
     benches = bench.add_subparsers(dest="bench", required=True, parser_class=_OneLineParser,
@@ -246,7 +246,7 @@ def _agents(args: argparse.Namespace) -> int:
               f"Measured by `{command}` in one run on {platform.machine()} with {os.cpu_count()} cores, "
               f"{time.strftime('%Y-%m-%d')}, in {minutes:.0f} minutes with {args.jobs} worker processes. "
               f"World: {world}. Every policy runs the unchanged loop (a noise floor of 3 baseline runs, the gate, "
-              "power-law early stopping, keep-if-better-by-2σ, git, ledger) for "
+              "same-progress early stopping, keep-if-better-by-2σ, git, ledger) for "
               f"{args.experiments} experiments per seed; an experiment is a proposal, so a duplicate or rejected "
               "proposal counts as one."]
     out = agents_bench.write_report(trajectories, args.out, header)

@@ -88,8 +88,9 @@ class LoopConfig:
     """The llm proposer's OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."""
     llm_model: str | None = None
     """The model name the llm endpoint serves."""
-    early_stopping: str = "power-law"
-    """Stop rule of kit.predictor asked while a run trains (power-law, linear, same-progress), or none."""
+    early_stopping: str = "same-progress"
+    """Stop rule of kit.predictor asked while a run trains (same-progress, power-law, linear, calibrated), or none.
+    same-progress is the one bench/early_stopping.md found safe on real curves; power-law is the source's."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
 

@@ -219,7 +219,10 @@ class SameProgressConfig(CheckConfig):
 
     width: float = 0.05
     tolerance: float = 0.0
-    z: float = 2.0
+    z: float = 8.0
+    """High, because the standard error of a window's mean sees only step-to-step noise, not how much curves cross
+    later; 8 is the least of the settings benchmarked (bench/early_stopping.md) that stopped no run the loop would
+    have kept."""
 
 
 class Rule:

@@ -4,8 +4,9 @@ Owns: `Surrogate` (a Gaussian process over train.py's normalized hyperparameters
 noise between seeds as its white-noise term; the k nearest recorded runs for the chance of a crash or timeout, the
 curve's shape and the run time) with its held-out error, and `ReplayEnvironment`, which answers through the
 harness's signature (kit/environments.py): a config that was recorded gets one of its recorded runs back exactly
-(curve, status, val_bpb, times), chosen by the seed; any other config gets the surrogate's draw, fixed per config
-and seed, so a replayed world is deterministic and every policy meets the same one.
+(curve, status, val_bpb, times), chosen by the seed; any other config gets the surrogate's mean plus the fitted
+seed noise, drawn once per config and seed, so a replayed world is deterministic and every policy meets the same
+one.
 Does not own: recording runs (kit/curves.py) or the benchmark that compares agents on a replayed world.
 """
 
@@ -178,8 +179,9 @@ class ReplayEnvironment:
             r = failed[0]
             return self._serve(r["status"], f"{r.get('reason') or r['status']} (replayed from a recorded neighbour)",
                                r["curve"], None, r["training_seconds"], r["total_seconds"], seed, run_dir, monitor)
-        mean, sd = s.predict(values)
-        val_bpb = mean + sd * float(world.standard_normal()) + s.noise_sd * float(rng.standard_normal())
+        # the surrogate's mean, not a draw from its posterior: far from the recorded runs the posterior is wide, and
+        # a policy that samples far away (TPE, CMA-ES) would harvest lucky draws no real run would give
+        val_bpb = s.predict(values)[0] + s.noise_sd * float(rng.standard_normal())
         shape = s.nearest(values, ok_only=True)[0]
         # the neighbour's curve, moved to end where this run ends: val_bpb and training loss differ in units, so the
         # shift goes through the neighbour's own ratio of final loss to val_bpb
