@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                       "http://127.0.0.1:8000/v1 (API key from $OPENAI_API_KEY)")
     loop.add_argument("--llm-model", default=None, help="the model name the llm endpoint serves")
     loop.add_argument("--early-stopping", choices=(*RULES, "none"), default="same-progress",
-                      help="stop rule asked while a run trains (default: same-progress, the one bench/early_stopping.md found safe)")
+                      help="stop rule asked while a run trains (default: same-progress, which "
+                           "bench/early_stopping.md found safe)")
 
     bench = commands.add_parser("bench", help="record learning curves; benchmark early stopping and agents")
     benches = bench.add_subparsers(dest="bench", required=True, parser_class=_OneLineParser,

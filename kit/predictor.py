@@ -291,8 +291,10 @@ class PowerLawRule(Rule):
         predicted = incumbent.to_val_bpb(predicted_loss)
         stop = gap > c.tolerance - incumbent.margin_loss + c.z * noise
         verb = "stop" if stop else "go on"
+        bar = f", must beat it by {incumbent.margin_loss:.4f} to be kept" if incumbent.margin else ""
         return Decision(stop, predicted, f"{verb}: forecast loss {predicted_loss:.4f} vs incumbent "
-                        f"{incumbent.final_loss:.4f} (gap {gap:+.4f}, ±{noise:.4f})", predicted_loss=predicted_loss)
+                        f"{incumbent.final_loss:.4f} (gap {gap:+.4f}, ±{noise:.4f}{bar})",
+                        predicted_loss=predicted_loss)
 
 
 class LinearRule(Rule):
@@ -330,9 +332,11 @@ class SameProgressRule(Rule):
         gap, noise = mine - theirs, math.hypot(my_se, their_se)
         predicted_loss = incumbent.final_loss + gap  # the gap, if it stays as it is
         stop = gap > c.tolerance - incumbent.margin_loss + c.z * noise
+        bar = f", must beat it by {incumbent.margin_loss:.4f} to be kept" if incumbent.margin else ""
         return Decision(stop, incumbent.to_val_bpb(predicted_loss),
                         f"{'stop' if stop else 'go on'}: loss {mine:.4f} vs incumbent {theirs:.4f} at "
-                        f"{now:.0%} of the budget (gap {gap:+.4f}, ±{noise:.4f})", predicted_loss=predicted_loss)
+                        f"{now:.0%} of the budget (gap {gap:+.4f}, ±{noise:.4f}{bar})",
+                        predicted_loss=predicted_loss)
 
 
 @dataclass(frozen=True)
