@@ -191,9 +191,6 @@ def config_vector(source: str, knob_names: list[str]) -> np.ndarray:
     return out
 
 
-EDIT_KINDS_ORDER = ("scale", "shift", "set", "toggle")
-
-
 def edit_features(source: str, catalog: list[Edit], knob_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """What an edit is, for a policy that should generalize across edits: (features, knob index).
 
@@ -202,12 +199,12 @@ def edit_features(source: str, catalog: list[Edit], knob_names: list[str]) -> tu
     target's place in [0, 1] for a set. knob index[i] is the knob's position in knob_names (the observation's config
     vector), so a policy can read where the knob stands now. Both depend on the ranges only, not on the values."""
     ranges = {k.name: k for k in _parsed(source)[0]}
-    features = np.zeros((len(catalog), len(knob_names) + len(EDIT_KINDS_ORDER) + 2), dtype=np.float32)
+    features = np.zeros((len(catalog), len(knob_names) + len(KINDS) + 2), dtype=np.float32)
     index = np.array([knob_names.index(e.name) for e in catalog], dtype=np.int64)
     for i, e in enumerate(catalog):
         k = ranges[e.name]
         features[i, index[i]] = 1.0
-        features[i, len(knob_names) + EDIT_KINDS_ORDER.index(e.kind)] = 1.0
+        features[i, len(knob_names) + KINDS.index(e.kind)] = 1.0
         if e.kind == "scale":
             move = math.log2(e.arg)
         elif e.kind == "shift":

@@ -89,6 +89,8 @@ class Stream:
 
     @classmethod
     def of(cls, runs: list[Run], noise_sigmas: float = 2.0) -> Stream:
+        if not (math.isfinite(noise_sigmas) and noise_sigmas >= 0):
+            raise ValueError(f"--noise-sigmas must be a number >= 0 (the loop uses 2), got {noise_sigmas}")
         starts = tuple(r for r in runs if r.kind == "baseline")
         candidates = tuple(r for r in runs if r.kind != "baseline")
         if len(starts) < 2 or len(candidates) < 4:

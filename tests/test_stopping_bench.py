@@ -50,6 +50,8 @@ def test_the_noise_margin_is_the_loops_two_baseline_deviations():
     assert stream(dataset()).margin == pytest.approx(0.02)
     with pytest.raises(ValueError, match="2 baseline runs"):
         stream(dataset()[2:])
+    with pytest.raises(ValueError, match="noise-sigmas"):
+        stopping_bench.Stream.of(stopping_bench.load_runs(dataset()), noise_sigmas=-1)
 
 
 def test_no_stopping_costs_everything_and_loses_nothing():
