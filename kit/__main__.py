@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--early-stopping", choices=(*RULES, "none"), default="same-progress",
                       help="stop rule asked while a run trains (default: same-progress, which "
                            "bench/early_stopping.md found safe)")
+    loop.add_argument("--confirm-runs", type=int, default=2, help="runs under new seeds a near miss gets before it "
+                      "is dropped (0: judge every edit on one run)")
 
     bench = commands.add_parser("bench", help="record learning curves; benchmark early stopping and agents")
     benches = bench.add_subparsers(dest="bench", required=True, parser_class=_OneLineParser,
@@ -145,7 +147,8 @@ def _loop(args: argparse.Namespace) -> int:
         config = LoopConfig(run_dir=run_dir, profile=args.profile, policy=args.policy, iterations=args.iterations,
                             hours=args.hours, gpu_hours=args.gpu_hours, seed=args.seed, budget=args.budget,
                             train_py=args.train_py, sandbox=args.sandbox, early_stopping=args.early_stopping,
-                            lm_model=args.lm_model, llm_url=args.llm_url, llm_model=args.llm_model)
+                            lm_model=args.lm_model, llm_url=args.llm_url, llm_model=args.llm_model,
+                            confirm_runs=args.confirm_runs)
     except ValueError as error:
         raise UsageError(str(error)) from None
     try:
@@ -247,9 +250,10 @@ def _agents(args: argparse.Namespace) -> int:
               f"Measured by `{command}` in one run on {platform.machine()} with {os.cpu_count()} cores, "
               f"{time.strftime('%Y-%m-%d')}, in {minutes:.0f} minutes with {args.jobs} worker processes. "
               f"World: {world}. Every policy runs the unchanged loop (a noise floor of 3 baseline runs, the gate, "
-              "same-progress early stopping, keep-if-better-by-2σ, git, ledger) for "
-              f"{args.experiments} experiments per seed; an experiment is a proposal, so a duplicate or rejected "
-              "proposal counts as one."]
+              "same-progress early stopping, keeping an edit when the mean of its runs beats the incumbent's by 2σ "
+              "scaled to the runs on each side, near misses re-run under up to 2 new seeds, git, ledger) for "
+              f"{args.experiments} experiments per seed; an experiment is a proposal or a re-run of a near miss, so "
+              "a duplicate or rejected proposal counts as one, and so does each re-run."]
     out = agents_bench.write_report(trajectories, args.out, header)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -45,6 +45,8 @@ class Trajectory:
     agent_seconds: float  # the loop's own time (proposals, updates, bookkeeping), as measured here
     statuses: dict[str, int]
     found: float = math.nan  # the world's noise-free val_bpb of the config behind the final best-so-far
+    kept: float = math.nan  # the same for the train.py the loop ends with (its last kept edit): what a user gets
+    keeps: int = 0  # edits the loop kept
 
 
 def run_one(policy: str, seed: int, environment: Environment, experiments: int, budget: float,
@@ -75,7 +77,10 @@ def run_one(policy: str, seed: int, environment: Environment, experiments: int, 
     seconds = sum(r.total_seconds for r in records)
     baseline = next((r.val_bpb for r in noise if r.val_bpb is not None), math.nan)
     found = world.expected.get(best_record.code_hash, math.nan) if best_record else math.nan
-    return Trajectory(policy, seed, tuple(trajectory), baseline, seconds, wall, statuses, found)
+    kept = [r for r in records if r.accepted]
+    final = world.expected.get(kept[-1].code_hash, math.nan) if kept else math.nan
+    return Trajectory(policy, seed, tuple(trajectory), baseline, seconds, wall, statuses, found, final,
+                      sum(r.policy != NOISE_POLICY for r in kept))
 
 
 class _Expecting:
@@ -143,6 +148,8 @@ class Summary:
     agent_ms: float  # median loop time per experiment, ms
     statuses: dict[str, int]
     found: tuple[float, float, float]  # 25th, 50th, 75th percentile of the found config's noise-free val_bpb
+    kept: tuple[float, float, float]  # the same for the train.py each run ends with
+    keeps: float  # median number of edits kept per run
 
 
 def summarize(trajectories: list[Trajectory]) -> list[Summary]:
@@ -166,8 +173,13 @@ def summarize(trajectories: list[Trajectory]) -> list[Summary]:
         out.append(Summary(policy, at, to_target, float(np.median(best, axis=0).mean()),
                            float(np.median([t.experiment_seconds for t in ts]) / 3600),
                            float(np.median([1000 * t.agent_seconds / max(len(t.best), 1) for t in ts])), statuses,
-                           tuple(float(x) for x in np.percentile([t.found for t in ts], [25, 50, 75]))))
+                           _quartiles([t.found for t in ts]), _quartiles([t.kept for t in ts]),
+                           float(np.median([t.keeps for t in ts]))))
     return out
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    return tuple(float(x) for x in np.percentile(values, [25, 50, 75]))
 
 
 def significance(trajectories: list[Trajectory], policy: str, checkpoint: int) -> tuple[str, float]:
@@ -191,15 +203,17 @@ def write_report(trajectories: list[Trajectory], out: Path, header: list[str]) -
     lines = [*header, "",
              f"## Best-so-far val_bpb over {seeds} seeds (median [25th–75th percentile])", "",
              "| policy | " + " | ".join(f"after {c}" for c in checkpoints)
-             + " | mean of median curve | the best config's noise-free val_bpb |",
-             "|---|" + "---:|" * (len(checkpoints) + 2)]
+             + " | mean of median curve | the best run's config, noise-free | the final train.py, noise-free "
+             "| edits kept |",
+             "|---|" + "---:|" * (len(checkpoints) + 4)]
     for s in summaries:
         cells = [f"{s.at[c][1]:.4f} [{s.at[c][0]:.4f}–{s.at[c][2]:.4f}]" for c in checkpoints]
-        found = "-" if math.isnan(s.found[1]) else f"{s.found[1]:.4f} [{s.found[0]:.4f}–{s.found[2]:.4f}]"
-        lines.append(f"| {s.policy} | " + " | ".join(cells) + f" | {s.auc:.4f} | {found} |")
-    lines += ["", "Best-so-far is the lowest val_bpb measured, so it includes the luck of the draw; the last column "
-              "is what the world says the config behind it is worth with the noise left out (the synthetic "
-              "objective, or the surrogate's mean on a replayed world)."]
+        lines.append(f"| {s.policy} | " + " | ".join(cells) + f" | {s.auc:.4f} | {_spread(s.found)} | "
+                     f"{_spread(s.kept)} | {s.keeps:g} |")
+    lines += ["", "Best-so-far is the lowest val_bpb measured, so it includes the luck of the draw. The next two "
+              "columns are what the world says configs are worth with the noise left out (the synthetic objective, "
+              "or the surrogate's mean on a replayed world): the config of the best run, and the train.py the loop "
+              "ends with, which is what a user gets. Edits kept: median per seed."]
     lines += ["", "## Experiments to beat the baseline", "",
               "| policy | " + " | ".join(f"−{100 * t:g} % (median, seeds that got there)" for t in TARGETS)
               + " | hours of experiments per run | loop ms / experiment | outcomes (all seeds) |",
@@ -216,6 +230,10 @@ def write_report(trajectories: list[Trajectory], out: Path, header: list[str]) -
     out.write_text("\n".join(lines) + "\n")
     _plot(trajectories, out.with_suffix(".png"))
     return out
+
+
+def _spread(q: tuple[float, float, float]) -> str:
+    return "-" if math.isnan(q[1]) else f"{q[1]:.4f} [{q[0]:.4f}–{q[2]:.4f}]"
 
 
 def _plot(trajectories: list[Trajectory], path: Path) -> None:

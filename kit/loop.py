@@ -1,7 +1,8 @@
 """The research loop: propose an edit of train.py, gate it, run it, score it, keep or roll back, learn.
 
 Owns: the run directory (ledger, git repository of train.py on its own branch, experiment folders,
-policy checkpoint), the noise floor and noise-aware acceptance, the PPO rollout buffer and updates,
+policy checkpoint), the noise floor, re-running near misses under new seeds (the rule is kit/acceptance.py),
+the PPO rollout buffer and updates,
 the 3-strike pause, the stop file and Ctrl-C, the termination oracle, and resuming all of it.
 Does not own: running one experiment (kit/harness.py), the action space (kit/edits.py), the policies
 (kit/policy.py), the update rule (kit/ppo.py), widgets (the optional on_event callback feeds them).
@@ -10,6 +11,7 @@ Does not own: running one experiment (kit/harness.py), the action space (kit/edi
     RUN_DIR/repo/train.py      train.py on branch autoresearch; an accepted edit is a commit
     RUN_DIR/experiments/NNNNN  one harness run directory per experiment
     RUN_DIR/policy.pt          policy weights, optimizer and rollout buffer
+    RUN_DIR/candidate.py       the near miss being re-run under new seeds, while there is one
     RUN_DIR/STOP, RUN_DIR/HOLD     create STOP to stop after the running experiment; while HOLD exists no new
                                    experiment starts (the dashboard's pause button)
     RUN_DIR/PAUSED             why the loop stopped itself after failures in a row
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 from kit import bound, edits
+from kit.acceptance import Acceptance, Verdict
 from kit.environments import Environment
 from kit.harness import REPO_ROOT, HarnessConfig, RunResult, Status, run_experiment
 from kit.ledger import Ledger, Record, write_report
@@ -41,6 +44,8 @@ from kit.reward import Reward, RewardConfig, compute_reward
 
 FAILURES = {Status.CRASH, Status.TIMEOUT, Status.REJECTED, Status.TAMPERED}
 NOISE_POLICY = "noise-floor"
+CONFIRM_POLICY = "confirm"  # a near miss run again under another seed: not a proposal, not a PPO transition
+CANDIDATE_FILE = "candidate.py"
 BRANCH = "autoresearch"
 STOP_FILE, HOLD_FILE = "STOP", "HOLD"
 MAX_REDRAWS = 8  # proposals a catalog policy may make in one step before a duplicate is recorded as one
@@ -69,7 +74,11 @@ class LoopConfig:
     noise_repeats: int = 3
     """Baseline runs with different seeds that measure the noise floor before the agent starts."""
     noise_sigmas: float = 2.0
-    """An edit is kept only if it beats the incumbent by this many noise standard deviations."""
+    """An edit is kept only if the mean of its runs beats the incumbent's mean by this many noise standard
+    deviations (scaled by the runs on each side: kit/acceptance.py)."""
+    confirm_runs: int = 2
+    """Runs beyond the first, each under a new seed, that a near miss gets before it is dropped; 0 judges every
+    edit on its one run."""
     max_failures: int = 3
     """Failures in a row that pause the loop."""
     ppo_every: int = 8
@@ -109,9 +118,9 @@ class LoopConfig:
             raise ValueError(f"llm_url must start with http:// or https://, got {self.llm_url!r}")
         if self.early_stopping != "none" and self.early_stopping not in RULES:
             raise ValueError(f"early_stopping must be none or one of {', '.join(RULES)}, got {self.early_stopping=}")
-        if self.noise_repeats < 1 or self.max_failures < 1 or self.ppo_every < 2:
-            raise ValueError(f"noise_repeats, max_failures >= 1 and ppo_every >= 2, got {self.noise_repeats=}, "
-                             f"{self.max_failures=}, {self.ppo_every=}")
+        if self.noise_repeats < 1 or self.max_failures < 1 or self.ppo_every < 2 or self.confirm_runs < 0:
+            raise ValueError(f"need noise_repeats, max_failures >= 1, ppo_every >= 2 and confirm_runs >= 0, got "
+                             f"{self.noise_repeats=}, {self.max_failures=}, {self.ppo_every=}, {self.confirm_runs=}")
 
 
 class _Git:
@@ -176,9 +185,15 @@ class ResearchLoop:
         for r in records:
             self.memory.add(self._experiment(r))
         self.noise_values = [r.val_bpb for r in records if r.policy == NOISE_POLICY and r.val_bpb is not None]
-        # the incumbent is the last kept run; agent runs use the frozen seed, as the first noise-floor run does
-        self.incumbent = accepted[-1].val_bpb if accepted else None
-        self.incumbent_curve = tuple(map(tuple, accepted[-1].curve)) if accepted else ()
+        # the incumbent is the code of the last kept run, measured by every ok run of that code (the noise floor's
+        # for the baseline, the first run and its confirmations for an edit)
+        self.incumbent_values: list[float] = []
+        self.incumbent_curve: tuple = ()
+        if accepted:
+            runs = [r for r in records if r.code_hash == accepted[-1].code_hash and r.status == Status.OK.value]
+            self.incumbent_values = [r.val_bpb for r in runs]
+            self.incumbent_curve = tuple(map(tuple, runs[0].curve))
+        self.pending = self._pending_confirmation(records)
         self.stop_rule = None if self.config.early_stopping == "none" else make_rule(self.config.early_stopping,
                                                                                      self._budget())
         for r in records:
@@ -235,10 +250,38 @@ class ResearchLoop:
         torch.save(state, tmp)
         tmp.replace(self.run_dir / "policy.pt")
 
+    def _pending_confirmation(self, records: list[Record]) -> _Pending | None:
+        """The near miss a kill interrupted, from the ledger's last records and RUN_DIR/candidate.py."""
+        saved = self.run_dir / CANDIDATE_FILE
+        if not saved.exists():
+            return None
+        source = saved.read_text()
+        runs = []
+        for r in reversed(records):
+            if r.code_hash != code_hash(source) or r.accepted:
+                break
+            runs.insert(0, r)
+            if r.policy != CONFIRM_POLICY:
+                break
+        if not runs or runs[0].policy == CONFIRM_POLICY or any(r.status != Status.OK.value for r in runs):
+            saved.unlink()
+            return None
+        pending = _Pending(source, runs[0].description, runs[0].diff, [r.val_bpb for r in runs],
+                           tuple(map(tuple, runs[0].curve)))
+        if self.acceptance.verdict(pending.values, self.incumbent_values) is not Verdict.AGAIN:
+            saved.unlink()
+            return None
+        return pending
+
     @property
-    def noise_margin(self) -> float:
+    def incumbent(self) -> float | None:
+        """The mean val_bpb of the incumbent's runs."""
+        return statistics.fmean(self.incumbent_values) if self.incumbent_values else None
+
+    @property
+    def acceptance(self) -> Acceptance:
         spread = statistics.stdev(self.noise_values) if len(self.noise_values) >= 2 else 0.0
-        return self.config.noise_sigmas * spread
+        return Acceptance(spread, self.config.noise_sigmas, 1 + self.config.confirm_runs)
 
     # the loop -----------------------------------------------------------------------------------------------
 
@@ -255,6 +298,8 @@ class ResearchLoop:
                     break
                 if self._noise_runs() < self.config.noise_repeats:
                     self._measure_noise()
+                elif self.pending is not None:
+                    self._confirm()
                 else:
                     self._step()
                 if self.failures >= self.config.max_failures:
@@ -307,9 +352,10 @@ class ResearchLoop:
             spent = sum(r.total_seconds for r in records if r.fingerprint.get("device") == "cuda") / 3600
             if spent >= c.gpu_hours:
                 return f"gpu-hours: {spent:.2f} GPU-hours spent (limit {c.gpu_hours:g})"
-        agent = [r for r in records if r.policy != NOISE_POLICY]
+        agent = [r for r in records if r.policy not in (NOISE_POLICY, CONFIRM_POLICY)]
         if len(agent) >= c.convergence_window:
-            values = [r.val_bpb if r.status == "ok" else None for r in records]
+            # re-runs of a near miss are left out: they are not proposals, and a lucky seed is not an improvement
+            values = [r.val_bpb if r.status == "ok" else None for r in records if r.policy != CONFIRM_POLICY]
             estimate = bound.improvement_probability(values, c.epsilon, window=c.convergence_window)
             if estimate.upper < c.convergence_threshold:
                 return (f"converged: {estimate.successes}/{estimate.trials} recent experiments improved by more than "
@@ -332,12 +378,14 @@ class ResearchLoop:
         seed = prepare.get_profile(self.config.profile).seed + n
         result = self.environment(self.source, self._experiment_dir(), self._harness(seed),
                                 monitor=_Watch(None, self._emit))
-        # The first ok baseline is kept: the run to beat (seed n = 0 is the frozen seed every agent run uses).
+        # The first ok baseline is the kept record whose curve the stop rule compares with (seed n = 0 is the frozen
+        # seed every agent run uses); the incumbent's value is the mean of all of them.
         keep = result.status is Status.OK and self.incumbent is None
         if result.status is Status.OK:
             self.noise_values.append(result.val_bpb)
+            self.incumbent_values.append(result.val_bpb)
         if keep:
-            self.incumbent, self.incumbent_curve = result.val_bpb, result.curve
+            self.incumbent_curve = result.curve
         self._record(result, description=f"baseline (noise floor, seed {seed})", diff="", policy=NOISE_POLICY,
                      reward=Reward(0.0, {}), accepted=keep,
                      commit=self.ledger.get_meta("baseline_commit") if keep else None,
@@ -380,12 +428,16 @@ class ResearchLoop:
                                     config=self.config.reward)
             duplicate = False
         timer = time.perf_counter()
-        accepted = (result.status is Status.OK and self.incumbent is not None
-                    and result.val_bpb < self.incumbent - self.noise_margin)
+        verdict = Verdict.DROP
+        if result.status is Status.OK and self.incumbent_values:
+            verdict = self.acceptance.verdict([result.val_bpb], self.incumbent_values)
+        accepted = verdict is Verdict.KEEP
         commit, parent = None, self.git("rev-parse", "HEAD")
         if accepted:
-            commit = self.git.commit(candidate, proposal.description)
-            self.source, self.incumbent, self.incumbent_curve = candidate, result.val_bpb, result.curve
+            commit = self._keep(candidate, proposal.description, [result.val_bpb], result.curve)
+        elif verdict is Verdict.AGAIN:
+            self.pending = _Pending(candidate, proposal.description, diff, [result.val_bpb], tuple(result.curve))
+            (self.run_dir / CANDIDATE_FILE).write_text(candidate)
         # a pruned run's forecast stands in for the end it never reached: without it TPE and CMA-ES see only
         # failures wherever early stopping works, and stop learning
         observed = predicted if result.status is Status.PRUNED else result.val_bpb
@@ -395,7 +447,38 @@ class ResearchLoop:
         stats["agent_seconds"] = agent_seconds + time.perf_counter() - timer
         self._record(result, description=proposal.description, diff=diff, policy=self.config.policy, reward=reward,
                      accepted=accepted, commit=commit, parent=parent, source=candidate, stats=stats,
-                     duplicate=duplicate, predictions=predictions)
+                     duplicate=duplicate, predictions=predictions, near_miss=verdict is Verdict.AGAIN)
+
+    def _confirm(self) -> None:
+        """Run the pending near miss once more under the next seed; keep it when the mean of its runs clears the
+        bar, drop it when it cannot, else leave it pending. No stop rule: the run is needed whole to count."""
+        import prepare
+
+        p = self.pending
+        seed = prepare.get_profile(self.config.profile).seed + len(p.values)
+        result = self.environment(p.source, self._experiment_dir(), self._harness(seed),
+                                  monitor=_Watch(None, self._emit))
+        verdict = Verdict.DROP
+        if result.status is Status.OK:
+            p.values.append(result.val_bpb)
+            verdict = self.acceptance.verdict(p.values, self.incumbent_values)
+        commit, parent = None, self.git("rev-parse", "HEAD")
+        if verdict is Verdict.KEEP:
+            commit = self._keep(p.source, p.description, p.values, p.curve)
+        if verdict is not Verdict.AGAIN:
+            self.pending = None
+            (self.run_dir / CANDIDATE_FILE).unlink(missing_ok=True)
+        mean = sum(p.values) / len(p.values) if p.values else float("nan")
+        self._record(result, description=f"{p.description} (run {len(p.values)} of at most "
+                     f"{1 + self.config.confirm_runs}, seed {seed}; mean {mean:.6f})", diff=p.diff,
+                     policy=CONFIRM_POLICY, reward=Reward(0.0, {}), accepted=verdict is Verdict.KEEP, commit=commit,
+                     parent=parent, source=p.source, stats={}, near_miss=verdict is Verdict.AGAIN)
+
+    def _keep(self, source: str, description: str, values: list[float], curve) -> str:
+        """Make source the incumbent (a commit on the branch); returns the commit."""
+        commit = self.git.commit(source, description)
+        self.source, self.incumbent_values, self.incumbent_curve = source, list(values), tuple(curve)
+        return commit
 
     def _candidate(self, proposal: Proposal) -> tuple[str, str | None]:
         """The train.py a proposal stands for, and why there is none (then the source itself is returned)."""
@@ -443,8 +526,12 @@ class ResearchLoop:
         """The harness monitor of the next run: the stop rule against the incumbent's curve (none before there is
         an incumbent, or with early_stopping none), and a progress event per point for the dashboard."""
         stopper = None
-        if self.stop_rule is not None and self.incumbent is not None and self.incumbent_curve:
-            incumbent = Reference(tuple(self.incumbent_curve), self.incumbent, self._budget(), self.noise_margin)
+        if self.stop_rule is not None and self.incumbent_values and self.incumbent_curve:
+            # the curve is one run's, so the bar is put relative to that run's val_bpb: a run not headed below the
+            # bar a near miss needs is not worth finishing
+            owner = self.incumbent_values[0]
+            bar = self.acceptance.retry_bar(self.incumbent_values)
+            incumbent = Reference(tuple(self.incumbent_curve), owner, self._budget(), owner - bar)
             stopper = EarlyStopper(self.stop_rule, incumbent)
         return _Watch(stopper, self._emit)
 
@@ -467,7 +554,7 @@ class ResearchLoop:
 
     def _record(self, result: RunResult, *, description: str, diff: str, policy: str, reward: Reward,
                 accepted: bool, commit: str | None, parent: str | None, source: str, stats: dict,
-                duplicate: bool = False, predictions: list | None = None) -> None:
+                duplicate: bool = False, predictions: list | None = None, near_miss: bool = False) -> None:
         iteration = len(self.ledger) + 1
         record = Record(iteration=iteration, policy=policy, description=description, diff=diff, parent_commit=parent,
                         commit=commit, status=result.status.value, reason=result.reason, val_bpb=result.val_bpb,
@@ -484,13 +571,24 @@ class ResearchLoop:
             self.failures = self.failures + 1 if result.status in FAILURES else 0
         shown = f"{result.val_bpb:.6f}" if result.val_bpb is not None else "-"
         print(f"[{iteration:4d}] {result.status.value:8s} val_bpb {shown} reward {reward.total:+.3f} "
-              f"{'KEEP' if accepted else '    '} {description}" + _why(result),
+              f"{'KEEP' if accepted else 'NEAR' if near_miss else '    '} {description}" + _why(result),
               flush=True)
         self._emit({"event": "record", "record": record})
 
     def _emit(self, event: dict) -> None:
         if self.on_event is not None:
             self.on_event(event)
+
+
+@dataclass
+class _Pending:
+    """A near miss waiting for its next run: its train.py, the val_bpb of its runs so far, its first run's curve."""
+
+    source: str
+    description: str
+    diff: str
+    values: list[float]
+    curve: tuple
 
 
 class _Watch:

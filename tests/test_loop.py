@@ -3,6 +3,7 @@
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kit.ledger import TSV_HEADER, Ledger
-from kit.loop import NOISE_POLICY, LoopConfig, run_loop
+from kit.loop import CONFIRM_POLICY, NOISE_POLICY, LoopConfig, run_loop
 from kit.memory import code_hash
 
 from .conftest import REPO
@@ -39,8 +40,11 @@ def _check_run_dir(run_dir: Path, expected: int) -> list:
                           text=True, check=True).stdout.strip()
     assert head == accepted[-1].commit
     assert code_hash((run_dir / "repo" / "train.py").read_text()) == accepted[-1].code_hash
-    oks = [r for r in accepted if r.policy != NOISE_POLICY]
-    assert all(a.val_bpb > b.val_bpb for a, b in zip(oks, oks[1:], strict=False)), "kept edits only improve"
+    # each kept train.py is measured by the mean of its ok runs (the noise floor's for the baseline); the means only
+    # go down
+    means = [statistics.fmean(r.val_bpb for r in records if r.code_hash == a.code_hash and r.status == "ok")
+             for a in accepted]
+    assert all(a > b for a, b in zip(means, means[1:], strict=False)), "kept edits only improve"
     return records
 
 
@@ -53,7 +57,8 @@ def test_every_policy_runs_eight_iterations_and_reports(smoke_data, policy, tmp_
     records = _check_run_dir(tmp_path / "run", 8)
     assert sum(r.policy == NOISE_POLICY for r in records) == 3
     agent = [r for r in records if r.policy == policy]
-    assert len(agent) == 5 and all(r.description for r in agent)
+    assert len(agent) + sum(r.policy == CONFIRM_POLICY for r in records) == 5 and agent
+    assert all(r.description for r in agent)
     assert all(r.diff.startswith("---") for r in agent if r.status != "rejected" or "duplicate" in r.reason)
     assert all(isinstance(r.reward, float) for r in records)
 
@@ -127,7 +132,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_to_the_same_totals(
     assert [(r.iteration, r.code_hash) for r in records][:len(seen)] == seen
     # the same totals as an uninterrupted run: 7 records, 3 of them the noise floor, then the agent
     assert sum(r.policy == NOISE_POLICY for r in records) == 3
-    assert [r.policy for r in records][3:] == ["ppo"] * 4
+    assert {r.policy for r in records[3:]} <= {"ppo", CONFIRM_POLICY} and records[3].policy == "ppo"
     assert os.path.exists(run_dir / "policy.pt")
 
 
