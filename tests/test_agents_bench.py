@@ -52,6 +52,19 @@ def test_report_has_a_row_per_policy_and_a_test_against_the_peer(trajectories, t
     assert peer == "random" and 0 <= p <= 1
 
 
+def test_a_new_report_keeps_the_real_check_section(trajectories, tmp_path: Path):
+    out = tmp_path / "agents.md"
+    out.write_text(f"# old\n\n{agents_bench.REAL_CHECK}\n\n| ppo | 1 |\n")
+    text = agents_bench.write_report(trajectories, out, ["# new"]).read_text()
+    assert text.startswith("# new") and "# old" not in text
+    assert text.endswith(f"{agents_bench.REAL_CHECK}\n\n| ppo | 1 |\n")
+
+
+def test_each_policy_is_tested_against_every_other_on_both_measures(trajectories):
+    rows = agents_bench.against_each(trajectories, "random", 26)
+    assert [r[0] for r in rows] == ["tpe"] and all(0 <= p <= 1 for p in rows[0][1:])
+
+
 def test_cli_refuses_bad_policies_and_missing_curves(tmp_path: Path, capsys):
     assert main(["bench", "agents", "--policies", "ppo"]) == 2
     assert "two or more" in capsys.readouterr().err
