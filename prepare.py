@@ -436,6 +436,7 @@ def make_dataloader(batch_size: int, seq_len: int = MAX_SEQ_LEN, device: str = D
 # ---------------------------------------------------------------------------
 
 PROGRESS_PREFIX = "@progress "
+HANDOFF_PREFIX = "@handoff "  # after the export: the harness takes over
 
 
 def report_progress(step: int, t: float, loss: float, tokens: int) -> None:
@@ -490,6 +491,8 @@ def hand_off(model: torch.nn.Module) -> float | None:
     target = os.environ.get("AUTORESEARCH_HANDOFF")
     if target:
         export_model(model, target)
+        # the harness evaluates from here on and ends this process: what train.py does after this is not waited for
+        print(HANDOFF_PREFIX + json.dumps({"peak_mem_mb": peak_memory_mb()}), flush=True)
         return None
     model.eval()
     with torch.no_grad():

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kit.agents_bench import REAL_CHECK as SECTION  # noqa: E402
-from kit.ledger import Ledger, Record  # noqa: E402
+from kit.ledger import Ledger, Record, runs_of  # noqa: E402
 from kit.loop import CONFIRM_POLICY, NOISE_POLICY  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def run_side_by_side(policies: list[str], hours: float, root: Path) -> float:
 
 
 def mean_of(records: list[Record], digest: str) -> tuple[float, int]:
-    values = [r.val_bpb for r in records if r.code_hash == digest and r.status == "ok"]
+    values = runs_of(records, digest)
     return statistics.fmean(values), len(values)
 
 

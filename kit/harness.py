@@ -11,6 +11,7 @@ Does not own: deciding what to run (kit/loop.py) or how a curve is forecast (kit
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -224,8 +225,9 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
                              eval_spec, backend)
     # weights-only unpickling: a crafted hand-off file must not run code inside the evaluator
     eval_env = _env(profile.name, budget, seed, eval_tmp, {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"})
+    eval_log = open(run_dir / "eval.log", "w")  # noqa: SIM115 - closed with the evaluator below
     evaluator = subprocess.Popen(eval_argv, cwd=REPO_ROOT, env=eval_env,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=eval_log, text=True,
                                  start_new_session=True, preexec_fn=sandbox.limit_resources(eval_spec))
     try:
         outcome = _train(argv, train_spec, run_dir, deadline, monitor, curve, lines, timings, started,
@@ -239,18 +241,17 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
         if not handoff.exists():
             return finish(Status.CRASH, "train.py ended without handing off its model: call prepare.hand_off(model)")
         eval_started = time.monotonic()
-        try:
-            stdout, stderr = evaluator.communicate(f"{handoff}\n", timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        verdict, stdout = _evaluate(evaluator, handoff, deadline)
+        timings["evaluation"] = time.monotonic() - eval_started
+        if verdict is None and time.monotonic() >= deadline:
             return finish(Status.TIMEOUT, f"evaluation passed the hard wall clock ({budget:.0f} s + {grace:.0f} s)")
-        finally:
-            timings["evaluation"] = time.monotonic() - eval_started
     finally:
         _kill_group(evaluator.pid)
         evaluator.wait()
-    verdict = _last_json(stdout)
+        eval_log.close()
     if verdict is None:
-        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+        errors = (run_dir / "eval.log").read_text(errors="replace")
+        tail = (errors or stdout).strip().splitlines()[-1:] or ["no output"]
         return finish(Status.CRASH, f"evaluator failed: {tail[0][:300]}")
     changed = gate.changed_files(before, gate.hash_files(frozen))
     if changed:
@@ -258,13 +259,37 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
     return finish(Status(verdict["status"]), verdict.get("reason", ""), verdict.get("val_bpb"))
 
 
+def _evaluate(evaluator: subprocess.Popen, handoff: Path, deadline: float) -> tuple[dict | None, str]:
+    """Hand the evaluator the model's path and read until its verdict (then the caller ends it: a torch process's
+    exit takes a second that is not worth waiting for); killed at the deadline. The verdict and what it printed."""
+    timer = threading.Timer(max(0.1, deadline - time.monotonic()), _kill_group, (evaluator.pid,))
+    timer.start()
+    printed: list[str] = []
+    try:
+        with contextlib.suppress(BrokenPipeError):  # an evaluator that died early: its output says why
+            evaluator.stdin.write(f"{handoff}\n")
+            evaluator.stdin.close()
+        for line in evaluator.stdout:
+            printed.append(line)
+            if (verdict := _last_json(line)) is not None:
+                return verdict, "".join(printed)
+        return None, "".join(printed)
+    finally:
+        timer.cancel()
+
+
 def _train(argv: list[str], spec: sandbox.SandboxSpec, run_dir: Path, deadline: float, monitor: Monitor | None,
            curve: list, lines: list, timings: dict, started: float, env: dict) -> tuple[Status, str] | None:
-    """Run the training process to its end; a (status, reason) unless it exited cleanly in time."""
+    """Run the training process to its hand-off (then end it: its exit is not worth waiting for) or its end; a
+    (status, reason) unless it handed off or exited cleanly in time."""
     process = _Process(argv, env=env, cwd=run_dir, spec=spec, log_path=run_dir / "train.log")
+    handed_off = False
     try:
         outcome = _watch(process, deadline, monitor, curve, lines, timings, started)
-        if outcome is None:
+        handed_off = outcome is _HANDED_OFF
+        if handed_off:
+            outcome = None
+        elif outcome is None:
             try:  # stdout closed: give the process until the deadline to exit
                 process.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -272,7 +297,7 @@ def _train(argv: list[str], spec: sandbox.SandboxSpec, run_dir: Path, deadline: 
     finally:
         process.kill()  # the whole session: nothing train.py started outlives it
         process.close()
-    if outcome is None and process.proc.returncode != 0:
+    if outcome is None and not handed_off and process.proc.returncode != 0:
         outcome = (Status.CRASH, _crash_reason(lines, process.proc.returncode))
     return outcome
 
@@ -295,6 +320,11 @@ def _watch(process: _Process, deadline: float, monitor: Monitor | None, curve: l
             lines.append(line)
         elif not line.startswith(prepare.PROGRESS_PREFIX):
             lines[-1] = line  # keep the tail of a flood, which holds the traceback
+        if line.startswith(prepare.HANDOFF_PREFIX):
+            timings["handoff"] = time.monotonic() - started
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                lines.append(f"peak_mem_mb: {float(json.loads(line[len(prepare.HANDOFF_PREFIX):])['peak_mem_mb'])}")
+            return _HANDED_OFF
         if line.startswith(prepare.PROGRESS_PREFIX) and (point := _parse_progress(line)) is not None:
             timings.setdefault("first_progress", time.monotonic() - started)
             timings["last_progress"] = time.monotonic() - started
@@ -302,6 +332,9 @@ def _watch(process: _Process, deadline: float, monitor: Monitor | None, curve: l
             reason = monitor(curve) if monitor else None
             if reason:
                 return Status.PRUNED, reason
+
+
+_HANDED_OFF = (Status.OK, "handed off")  # _watch's answer when prepare.hand_off said the model is exported
 
 
 def _timeout_reason(limit: float) -> str:

@@ -35,7 +35,7 @@ from kit import bound, edits
 from kit.acceptance import Acceptance, Verdict
 from kit.environments import Environment
 from kit.harness import REPO_ROOT, HarnessConfig, RunResult, Status, run_experiment
-from kit.ledger import Ledger, Record, write_report
+from kit.ledger import Ledger, Record, runs_of, write_report
 from kit.memory import Experiment, Memory, code_hash
 from kit.policy import POLICIES, OperatorPolicy, Proposal, State, make_policy
 from kit.ppo import PPOConfig, compute_gae, ppo_step
@@ -171,7 +171,9 @@ class ResearchLoop:
     # state --------------------------------------------------------------------------------------------------
 
     def _resume(self) -> None:
-        records = self.ledger.records()
+        # the ledger is read once; after that the loop keeps its records in memory (re-reading them every step
+        # decodes every curve again: quadratic in the length of the run)
+        self.records = records = self.ledger.records()
         if not (self.run_dir / "repo" / ".git").exists():
             baseline = Path(self.config.train_py).read_text()
             self.ledger.set_meta("baseline_commit", self.git.init(baseline))
@@ -190,9 +192,9 @@ class ResearchLoop:
         self.incumbent_values: list[float] = []
         self.incumbent_curve: tuple = ()
         if accepted:
-            runs = [r for r in records if r.code_hash == accepted[-1].code_hash and r.status == Status.OK.value]
-            self.incumbent_values = [r.val_bpb for r in runs]
-            self.incumbent_curve = tuple(map(tuple, runs[0].curve))
+            self.incumbent_values = runs_of(records, accepted[-1].code_hash)
+            first = next(r for r in records if r.code_hash == accepted[-1].code_hash and r.status == Status.OK.value)
+            self.incumbent_curve = tuple(map(tuple, first.curve))
         self.pending = self._pending_confirmation(records)
         self.stop_rule = None if self.config.early_stopping == "none" else make_rule(self.config.early_stopping,
                                                                                      self._budget())
@@ -303,7 +305,7 @@ class ResearchLoop:
                 else:
                     self._step()
                 if self.failures >= self.config.max_failures:
-                    last = self.ledger.records()[-1]
+                    last = self.records[-1]
                     reason = (f"paused: {self.failures} failures in a row (last: {last.status}: {last.reason[:200]}); "
                               f"look at {self.run_dir / 'experiments'}, then run the same command again to resume")
                     (self.run_dir / "PAUSED").write_text(reason + "\n")
@@ -337,7 +339,7 @@ class ResearchLoop:
 
     def _stop_reason(self, started: float) -> str | None:
         c = self.config
-        records = self.ledger.records()
+        records = self.records
         if self.interrupted:
             return "stopped by Ctrl-C"
         stop_file = self.run_dir / STOP_FILE
@@ -364,7 +366,7 @@ class ResearchLoop:
         return None
 
     def _noise_runs(self) -> int:
-        return sum(r.policy == NOISE_POLICY for r in self.ledger.records())
+        return sum(r.policy == NOISE_POLICY for r in self.records)
 
     def _harness(self, seed: int | None) -> HarnessConfig:
         return HarnessConfig(profile=self.config.profile, budget=self.config.budget, seed=seed,
@@ -564,6 +566,7 @@ class ResearchLoop:
                         peak_mem_mb=result.peak_mem_mb, training_seconds=result.training_seconds,
                         total_seconds=result.total_seconds, seed=result.seed, code_hash=code_hash(source))
         self.ledger.append(record)
+        self.records.append(record)
         self.memory.add(self._experiment(record))
         self._learn_curve(result.status, result.curve, result.val_bpb)
         # a duplicate was never run, so it says nothing about whether train.py still works

@@ -252,3 +252,17 @@ def test_a_report_of_an_empty_ledger(tmp_path):
     assert paths["progress.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "0 experiments: 0 kept, 0 discarded, 0 crashed." in paths["summary.md"].read_text()
     assert "none yet" in paths["summary.md"].read_text()
+
+
+def test_summary_judges_the_kept_train_py_by_the_mean_of_its_runs(tmp_path):
+    baseline, edit = "aa" * 32, "bb" * 32
+    rows = [(2.50, baseline, True), (2.52, baseline, False), (2.48, baseline, False),  # the noise floor
+            (2.30, "cc" * 32, False),  # a lucky run never kept: the best single run, not what train.py is now
+            (2.46, edit, False), (2.44, edit, True)]  # a near miss and the re-run that kept it
+    with Ledger(tmp_path) as ledger:
+        for i, (value, digest, accepted) in enumerate(rows, start=1):
+            ledger.append(make_record(iteration=i, val_bpb=value, code_hash=digest, accepted=accepted))
+        text = write_report(tmp_path, ledger)["summary.md"].read_text()
+    assert "Best val_bpb: **2.300000**" in text
+    assert ("train.py now: mean val_bpb **2.450000** over 2 run(s), against the baseline's 2.500000 over 3: "
+            "+0.050000 (+2.00%), 1 edit(s) kept.") in text
