@@ -49,6 +49,7 @@ CANDIDATE_FILE = "candidate.py"
 BRANCH = "autoresearch"
 STOP_FILE, HOLD_FILE = "STOP", "HOLD"
 MAX_REDRAWS = 8  # proposals a catalog policy may make in one step before a duplicate is recorded as one
+CATALOG_POLICIES = ("ppo", "random", "greedy")  # policies that pick one catalog edit of the train.py they are shown
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,14 @@ class ResearchLoop:
             first = next(r for r in records if r.code_hash == accepted[-1].code_hash and r.status == Status.OK.value)
             self.incumbent_curve = tuple(map(tuple, first.curve))
         self.pending = self._pending_confirmation(records)
+        # train.py of the ok runs, for exploring from the best of them once the incumbent's edits are used up; a
+        # resumed loop finds them in the harness's experiment folders (a replayed world writes none)
+        self.sources: dict[str, tuple[str, str]] = {}
+        self._neighbours: dict[str, list[str | None]] = {}
+        for r in records:
+            saved = self.run_dir / "experiments" / f"{r.iteration:05d}" / "train.py"
+            if r.status == Status.OK.value and r.policy not in (NOISE_POLICY, CONFIRM_POLICY) and saved.exists():
+                self.sources[r.code_hash] = (saved.read_text(), r.description)
         self.stop_rule = None if self.config.early_stopping == "none" else make_rule(self.config.early_stopping,
                                                                                      self._budget())
         for r in records:
@@ -394,15 +403,15 @@ class ResearchLoop:
                      parent=None if keep else self.git("rev-parse", "HEAD"), source=self.source, stats={})
 
     def _step(self) -> None:
-        observation = self._observation(self.source)
-        mask = edits.edit_mask(self.source, self.catalog)
-        knobs = edits.knobs(self.source)
         timer = time.perf_counter()
+        base, base_description, mask = self._base()
+        observation = self._observation(base)
+        knobs = edits.knobs(base)
         for _ in range(MAX_REDRAWS):
-            state = State(source=self.source, catalog=self.catalog, mask=mask, observation=observation, knobs=knobs,
+            state = State(source=base, catalog=self.catalog, mask=mask, observation=observation, knobs=knobs,
                           memory=self.memory)
             proposal = self.policy.propose(state)
-            candidate, edit_error = self._candidate(proposal)
+            candidate, edit_error = self._candidate(proposal, base)
             digest = code_hash(candidate)
             # a catalog edit that would repeat an experiment is masked and the policy asked again: a duplicate
             # teaches nothing, and wasting the proposal on it only slows the search down
@@ -413,6 +422,7 @@ class ResearchLoop:
             mask = mask.copy()
             mask[proposal.action] = False
         diff = edits.unified_diff(self.source, candidate)
+        description = proposal.description + (f", on top of {base_description}" if base_description else "")
         agent_seconds = time.perf_counter() - timer
         if edit_error or self.memory.is_duplicate(digest):
             why = edit_error or "duplicate of an experiment already run"
@@ -436,9 +446,9 @@ class ResearchLoop:
         accepted = verdict is Verdict.KEEP
         commit, parent = None, self.git("rev-parse", "HEAD")
         if accepted:
-            commit = self._keep(candidate, proposal.description, [result.val_bpb], result.curve)
+            commit = self._keep(candidate, description, [result.val_bpb], result.curve)
         elif verdict is Verdict.AGAIN:
-            self.pending = _Pending(candidate, proposal.description, diff, [result.val_bpb], tuple(result.curve))
+            self.pending = _Pending(candidate, description, diff, [result.val_bpb], tuple(result.curve))
             (self.run_dir / CANDIDATE_FILE).write_text(candidate)
         # a pruned run's forecast stands in for the end it never reached: without it TPE and CMA-ES see only
         # failures wherever early stopping works, and stop learning
@@ -447,7 +457,7 @@ class ResearchLoop:
         stats = self._learn(proposal, observation, state.mask, reward.total)
         self._save_policy()  # before the record: a kill in between costs the policy one outcome, not the ledger
         stats["agent_seconds"] = agent_seconds + time.perf_counter() - timer
-        self._record(result, description=proposal.description, diff=diff, policy=self.config.policy, reward=reward,
+        self._record(result, description=description, diff=diff, policy=self.config.policy, reward=reward,
                      accepted=accepted, commit=commit, parent=parent, source=candidate, stats=stats,
                      duplicate=duplicate, predictions=predictions, near_miss=verdict is Verdict.AGAIN)
 
@@ -482,16 +492,43 @@ class ResearchLoop:
         self.source, self.incumbent_values, self.incumbent_curve = source, list(values), tuple(curve)
         return commit
 
-    def _candidate(self, proposal: Proposal) -> tuple[str, str | None]:
-        """The train.py a proposal stands for, and why there is none (then the source itself is returned)."""
+    def _base(self) -> tuple[str, str, np.ndarray]:
+        """What a catalog policy edits this step, what it is, and the mask of its edits that would not repeat an
+        experiment: the incumbent, until every one of its edits has been run; then the best train.py not kept that
+        still has untried edits (a near miss, say), so that edits combine instead of being proposed again."""
+        if self.config.policy not in CATALOG_POLICIES:
+            return self.source, "", edits.edit_mask(self.source, self.catalog)
+        mask = self._untried(self.source)
+        if mask.any():
+            return self.source, "", mask
+        incumbent = code_hash(self.source)
+        ranked = sorted((statistics.fmean(runs_of(self.records, digest)), digest) for digest in self.sources
+                        if digest != incumbent)
+        for _, digest in ranked:
+            source, description = self.sources[digest]
+            if (untried := self._untried(source)).any():
+                return source, description, untried
+        return self.source, "", edits.edit_mask(self.source, self.catalog)  # all tried: duplicates it is
+
+    def _untried(self, source: str) -> np.ndarray:
+        """Catalog edits of source that apply and would run code never run before."""
+        key = code_hash(source)
+        if key not in self._neighbours:  # one parse per edit, once per train.py a policy is shown
+            applies = edits.edit_mask(source, self.catalog)
+            self._neighbours[key] = [code_hash(edits.apply_edit(source, e)) if ok else None
+                                     for e, ok in zip(self.catalog, applies, strict=True)]
+        return np.array([h is not None and not self.memory.is_duplicate(h) for h in self._neighbours[key]])
+
+    def _candidate(self, proposal: Proposal, base: str) -> tuple[str, str | None]:
+        """The train.py a proposal stands for, and why there is none (then the incumbent itself is returned)."""
         try:
             if proposal.error is not None:
                 raise edits.EditError(proposal.error)
             if proposal.candidate is not None:
                 return proposal.candidate, None
             if proposal.values is not None:
-                return edits.set_values(self.source, proposal.values), None
-            return edits.apply_edit(self.source, proposal.edit), None
+                return edits.set_values(base, proposal.values), None
+            return edits.apply_edit(base, proposal.edit), None
         except edits.EditError as error:
             return self.source, str(error)
 
@@ -567,6 +604,8 @@ class ResearchLoop:
                         total_seconds=result.total_seconds, seed=result.seed, code_hash=code_hash(source))
         self.ledger.append(record)
         self.records.append(record)
+        if result.status is Status.OK and policy not in (NOISE_POLICY, CONFIRM_POLICY):
+            self.sources[record.code_hash] = (source, description)
         self.memory.add(self._experiment(record))
         self._learn_curve(result.status, result.curve, result.val_bpb)
         # a duplicate was never run, so it says nothing about whether train.py still works
