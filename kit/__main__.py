@@ -138,7 +138,7 @@ def _positive_int(text: str) -> int:
 
 def _loop(args: argparse.Namespace) -> int:
     from kit.ledger import LedgerLocked
-    from kit.loop import LoopConfig, run_loop
+    from kit.loop import LoopConfig, ResumeError, run_loop
 
     _read_train_py(str(args.train_py))
     _ensure_data(args.profile)
@@ -153,7 +153,7 @@ def _loop(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     try:
         reason = run_loop(config)
-    except LedgerLocked as error:
+    except (LedgerLocked, ResumeError) as error:
         raise UsageError(str(error)) from None
     print(f"{reason}\nreport: {Path(run_dir) / 'summary.md'}, results.tsv, progress.png")
     return 0

@@ -52,6 +52,10 @@ MAX_REDRAWS = 8  # proposals a catalog policy may make in one step before a dupl
 CATALOG_POLICIES = ("ppo", "random", "greedy")  # policies that pick one catalog edit of the train.py they are shown
 
 
+class ResumeError(ValueError):
+    """A run directory the loop cannot go on with as it is; the message says what to do."""
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     run_dir: Path
@@ -222,8 +226,9 @@ class ResearchLoop:
             try:
                 self.policy.load_state_dict(saved["policy"])
             except (RuntimeError, KeyError, ValueError) as error:  # a policy of another shape or kind
-                raise ValueError(f"{checkpoint} holds a policy this kit cannot load ({str(error)[:120]}); move it "
-                                 "away to start the policy afresh (the ledger and git history are kept)") from None
+                why = " ".join(str(error).split())[:120]  # torch's message spans lines; ours is one
+                raise ResumeError(f"{checkpoint} holds a policy this kit cannot load ({why}); move it away to start "
+                                  "the policy afresh (the ledger and git history are kept)") from None
             if self.optimizer is not None and saved.get("optimizer"):
                 self.optimizer.load_state_dict(saved["optimizer"])
             self.buffer = saved.get("buffer", [])

@@ -119,3 +119,40 @@ def test_a_loop_stopped_between_a_near_miss_and_its_confirmation_resumes_it(tmp_
     records = _records(tmp_path)
     assert records[4].policy == CONFIRM_POLICY and records[4].accepted
     assert records[4].code_hash == records[3].code_hash
+
+
+def test_a_policy_checkpoint_of_another_shape_stops_the_resume_with_what_to_do(tmp_path):
+    import torch
+
+    from kit.loop import ResumeError
+
+    from .conftest import REPO
+
+    world = _StandIn((REPO / "train.py").read_text(), first=2.47, later=2.47)
+    run_loop(_config(tmp_path, iterations=4, policy="ppo"), environment=world)
+    checkpoint = tmp_path / "run" / "policy.pt"
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["policy"] = {"actor.0.weight": torch.zeros(3, 3)}  # as an older kit's actor would have saved it
+    torch.save(saved, checkpoint)
+    with pytest.raises(ResumeError, match="move it away to start the policy afresh"):
+        run_loop(_config(tmp_path, iterations=5, policy="ppo"), environment=world)
+    assert len(_records(tmp_path)) == 4  # nothing recorded is lost or added
+
+
+def test_the_cli_says_so_in_one_line(smoke_data, tmp_path, capsys):
+    import torch
+
+    from kit.__main__ import main
+
+    from .conftest import REPO
+
+    run_loop(_config(tmp_path, iterations=4, policy="ppo"),
+             environment=_StandIn((REPO / "train.py").read_text(), first=2.47, later=2.47))
+    checkpoint = tmp_path / "run" / "policy.pt"
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["policy"] = {"actor.0.weight": torch.zeros(3, 3)}
+    torch.save(saved, checkpoint)
+    code = main(["loop", "--profile", "smoke", "--policy", "ppo", "--iterations", "5", "--run-dir",
+                 str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "move it away" in err
