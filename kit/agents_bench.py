@@ -48,6 +48,7 @@ class Trajectory:
     found: float = math.nan  # the world's noise-free val_bpb of the config behind the final best-so-far
     kept: float = math.nan  # the same for the train.py the loop ends with (its last kept edit): what a user gets
     keeps: int = 0  # edits the loop kept
+    pauses: int = 0  # times the loop paused itself after failures in a row and was resumed, as a user would
 
 
 def run_one(policy: str, seed: int, environment: Environment, experiments: int, budget: float,
@@ -56,13 +57,20 @@ def run_one(policy: str, seed: int, environment: Environment, experiments: int, 
     run_dir = work / f"{policy}-{seed}"
     started = time.perf_counter()
     world = _Expecting(environment)
-    with contextlib.redirect_stdout(io.StringIO()):
-        run_loop(LoopConfig(run_dir=run_dir, profile=profile, policy=policy, seed=seed, budget=budget,
-                            iterations=experiments + noise_repeats, noise_repeats=noise_repeats),
-                 environment=world)
+    config = LoopConfig(run_dir=run_dir, profile=profile, policy=policy, seed=seed, budget=budget,
+                        iterations=experiments + noise_repeats, noise_repeats=noise_repeats)
+    pauses, recorded = -1, -1
+    # three failures in a row pause the loop; a user would look and run it again, and so does the benchmark, so that
+    # every policy gets its experiments (a resume that adds nothing ends it)
+    while recorded < config.iterations:
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_loop(config, environment=world)
+        with Ledger(run_dir, readonly=True) as ledger:
+            records = ledger.records()
+        if len(records) == recorded:
+            break
+        pauses, recorded = pauses + 1, len(records)
     wall = time.perf_counter() - started
-    with Ledger(run_dir, readonly=True) as ledger:
-        records = ledger.records()
     noise = [r for r in records if r.policy == NOISE_POLICY]
     agent = [r for r in records if r.policy != NOISE_POLICY]
     best_record = min((r for r in noise if r.val_bpb is not None), key=lambda r: r.val_bpb, default=None)
@@ -81,7 +89,7 @@ def run_one(policy: str, seed: int, environment: Environment, experiments: int, 
     kept = [r for r in records if r.accepted]
     final = world.expected.get(kept[-1].code_hash, math.nan) if kept else math.nan
     return Trajectory(policy, seed, tuple(trajectory), baseline, seconds, wall, statuses, found, final,
-                      sum(r.policy != NOISE_POLICY for r in kept))
+                      sum(r.policy != NOISE_POLICY for r in kept), pauses)
 
 
 class _Expecting:
@@ -171,6 +179,8 @@ def summarize(trajectories: list[Trajectory]) -> list[Summary]:
         for t in ts:
             for k, v in t.statuses.items():
                 statuses[k] = statuses.get(k, 0) + v
+        if pauses := sum(t.pauses for t in ts):
+            statuses["pauses resumed"] = pauses
         out.append(Summary(policy, at, to_target, float(np.median(best, axis=0).mean()),
                            float(np.median([t.experiment_seconds for t in ts]) / 3600),
                            float(np.median([1000 * t.agent_seconds / max(len(t.best), 1) for t in ts])), statuses,

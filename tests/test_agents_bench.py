@@ -70,3 +70,17 @@ def test_cli_refuses_bad_policies_and_missing_curves(tmp_path: Path, capsys):
     assert "two or more" in capsys.readouterr().err
     assert main(["bench", "agents", "--curves", str(tmp_path / "none.jsonl.gz")]) == 2
     assert "record some" in capsys.readouterr().err
+
+
+def test_a_loop_that_pauses_after_failures_is_resumed_until_it_has_its_experiments(tmp_path: Path):
+    from kit.environments import simulated_result
+    from kit.harness import Status
+
+    def failing(source, run_dir, config, monitor=None):  # the baseline runs; every edit times out
+        if source == BASELINE:
+            return simulated_result("test", 60.0, 0, run_dir, Status.OK, "", ((30.0, 3.0), (60.0, 2.9)), 2.5,
+                                    60.0, 66.0)
+        return simulated_result("test", 60.0, 0, run_dir, Status.TIMEOUT, "killed", (), None, 60.0, 90.0)
+
+    t = agents_bench.run_one("random", 0, failing, 9, 60.0, tmp_path)
+    assert len(t.best) == 9 and t.statuses == {"timeout": 9} and t.pauses == 2  # 3 failures in a row, 3 times
