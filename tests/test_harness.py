@@ -116,3 +116,15 @@ def test_unprepared_data_says_what_to_run(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: no data for profile 'cpu' in {tmp_path / 'empty' / 'cpu'}: run `python prepare.py --profile cpu` first"]
+
+
+def test_the_training_process_is_ended_at_its_hand_off_not_waited_for(smoke_data, baseline_source, tmp_path):
+    """Whatever train.py does after prepare.hand_off is not waited for: a sleep there costs nothing, and the peak
+    memory comes from the hand-off line since the summary after it is never read."""
+    marker = "val_bpb = hand_off(model)"
+    assert marker in baseline_source
+    source = baseline_source.replace(marker, marker + "\ntime.sleep(600)")
+    result = run_experiment(source, tmp_path / "run", SMOKE)
+    assert result.status is Status.OK and result.val_bpb is not None, result.reason
+    assert result.timings["training_process"] - result.timings["handoff"] < 5.0
+    assert result.peak_mem_mb is not None and result.peak_mem_mb > 0
