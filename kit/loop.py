@@ -48,7 +48,6 @@ CONFIRM_POLICY = "confirm"  # a near miss run again under another seed: not a pr
 CANDIDATE_FILE = "candidate.py"
 BRANCH = "autoresearch"
 STOP_FILE, HOLD_FILE = "STOP", "HOLD"
-MAX_REDRAWS = 8  # proposals a catalog policy may make in one step before a duplicate is recorded as one
 CATALOG_POLICIES = ("ppo", "random", "greedy")  # policies that pick one catalog edit of the train.py they are shown
 
 
@@ -412,20 +411,11 @@ class ResearchLoop:
         base, base_description, mask = self._base()
         observation = self._observation(base)
         knobs = edits.knobs(base)
-        for _ in range(MAX_REDRAWS):
-            state = State(source=base, catalog=self.catalog, mask=mask, observation=observation, knobs=knobs,
-                          memory=self.memory)
-            proposal = self.policy.propose(state)
-            candidate, edit_error = self._candidate(proposal, base)
-            digest = code_hash(candidate)
-            # a catalog edit that would repeat an experiment is masked and the policy asked again: a duplicate
-            # teaches nothing, and wasting the proposal on it only slows the search down
-            if (proposal.action is None or edit_error or not self.memory.is_duplicate(digest)
-                    or mask.sum() <= 1):
-                break
-            self.policy.observe(proposal, None, accepted=False)
-            mask = mask.copy()
-            mask[proposal.action] = False
+        state = State(source=base, catalog=self.catalog, mask=mask, observation=observation, knobs=knobs,
+                      memory=self.memory)
+        proposal = self.policy.propose(state)
+        candidate, edit_error = self._candidate(proposal, base)
+        digest = code_hash(candidate)
         diff = edits.unified_diff(self.source, candidate)
         description = proposal.description + (f", on top of {base_description}" if base_description else "")
         agent_seconds = time.perf_counter() - timer
