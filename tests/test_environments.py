@@ -83,8 +83,8 @@ def test_every_policy_finds_the_synthetic_optimum(env, policy, tmp_path: Path):
     assert best < c.floor + 0.2 * c.gap, f"{policy} reached {best:.4f}; {env.describe()}"
 
 
-def test_catalog_policies_are_asked_again_instead_of_repeating_an_experiment(env, tmp_path: Path):
-    """Random edits of a hill-climbed train.py soon hit configs already run; the loop masks those and redraws."""
+def test_catalog_policies_never_repeat_an_experiment(env, tmp_path: Path):
+    """Random edits of a hill-climbed train.py soon hit configs already run; the loop masks those before it asks."""
     with contextlib.redirect_stdout(io.StringIO()):
         run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy="random", iterations=80, budget=60.0),
                  environment=env)
