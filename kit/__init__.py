@@ -1,1 +1,38 @@
-"""autoresearch-rl kit: the harness, the agent and the analysis around prepare.py and train.py."""
+"""autoresearch-rl: a reinforcement-learning agent that improves train.py on its own, and its harness.
+
+The core (this package) never imports kit.bench; train.py never imports kit.
+
+    cli.py          the command line (`python -m kit`, `autoresearch-rl`)
+    results.py      Status, RunResult, the Monitor and Environment protocols: the run vocabulary
+    harness.py      one experiment: gate, sandbox, hard wall clock, progress stream, out-of-process evaluation
+    gate.py         the static check of a train.py before it runs
+    sandbox.py      process isolation (bubblewrap, unshare) and resource limits
+    evaluate.py     the evaluator process: the val_bpb that counts
+    hyperparams.py  train.py's ranged UPPER_CASE constants
+    edits.py        the action space: typed edits, the catalog, unified diffs
+    prompt.py       what a language-model policy reads and how its answer becomes a train.py
+    policies/       what to try next: one protocol, one module per family, one registry
+    ppo.py          the PPO update and its rollout
+    memory.py       what the agent remembers: recent and best experiments, duplicates
+    reward.py       what an experiment is worth to the policy
+    acceptance.py   when an edit is kept: means of runs against the noise between seeds
+    predictor.py    stop rules that forecast a running curve
+    bound.py        the convergence bound's estimates
+    loop.py         the research loop, step by step
+    run_state.py    the loop's state, rebuilt from the ledger and updated by each record
+    frontier.py     what a catalog policy edits next, so nothing runs twice
+    stopping.py     when the loop stops or holds
+    repo.py         train.py's git history in a run directory
+    ledger.py       durable storage of every record
+    report.py       results.tsv, summary.md, progress.png
+    checkup.py      the setup notebook's machine check and noise floor
+    dashboard.py    the live view in JupyterLab
+    convergence.py  the convergence notebook's analysis
+    ablation.py     the ablation notebook's runs and table
+    bench/          synthetic and replayed worlds, the curve recorder, the early-stopping and agents benchmarks
+"""
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The checkout the kit runs from: prepare.py, train.py, program.md and data/ live here."""

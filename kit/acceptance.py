@@ -8,7 +8,8 @@ run comes close (a near miss) is run again under new seeds, up to `max_runs` run
 the noise shrinks as 1/√n, so a real gain smaller than the single-run margin can still be confirmed, and a lucky
 draw is usually found out.
 
-Owns: the margin and the verdict after each run. Does not own: running anything (kit/loop.py does).
+Owns: the margin and the verdict after each run. Does not own: the runs it judges (kit/run_state.py applies the rule
+to a run directory's records) or running anything (kit/loop.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Owns: the per-experiment probability p(ε) that an experiment improves the best-so-far val_bpb by more
 than ε, estimated from the trajectory with a Wilson confidence interval, and the bound
 N(ε, δ) = log δ / log(1 − p_min) on the experiments needed to reach an ε-improvement with probability
-1 − δ. Does not own: deciding to stop (kit/loop.py asks this module), plotting (the notebooks).
+1 − δ. Does not own: deciding to stop (kit/stopping.py asks this module), plotting (the notebooks).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ confidence bounds, the bound N(ε, δ) against observed waiting times, and a che
 synthetic objective whose optimum is known.
 
 Owns: the analysis behind notebooks/02_convergence_bound.ipynb. Does not own: the estimates themselves
-(kit/bound.py) or deciding to stop (kit/loop.py).
+(kit/bound.py) or deciding to stop (kit/stopping.py).
 """
 
 from __future__ import annotations

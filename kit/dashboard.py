@@ -24,10 +24,12 @@ import numpy as np
 
 from kit import edits
 from kit.ledger import Ledger, Record
-from kit.loop import HOLD_FILE, NOISE_POLICY, STOP_FILE
 from kit.predictor import fit_power_law
+from kit.results import FAILURES, Status
+from kit.run_state import NOISE_POLICY
+from kit.stopping import HOLD_FILE, STOP_FILE
 
-FAILED = ("crash", "timeout", "tampered")
+FAILED = FAILURES - {Status.REJECTED}  # rejected proposals are counted apart: nothing ran
 
 
 def in_jupyter_frontend() -> bool:

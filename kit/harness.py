@@ -12,7 +12,6 @@ Does not own: deciding what to run (kit/loop.py) or how a curve is forecast (kit
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import os
 import queue
@@ -23,45 +22,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit import gate, sandbox
+from kit import REPO_ROOT, gate, sandbox
+from kit.results import CurveStream, Monitor, RunResult, Status
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LIMIT_BYTES = 50 << 20  # a flood of output is cut here; the process still runs to its limit
-
-
-class Status(enum.StrEnum):
-    OK = "ok"
-    PRUNED = "pruned"
-    CRASH = "crash"
-    TIMEOUT = "timeout"
-    REJECTED = "rejected"
-    TAMPERED = "tampered"
-
-
-@dataclass(frozen=True)
-class RunResult:
-    status: Status
-    val_bpb: float | None
-    reason: str
-    training_seconds: float
-    total_seconds: float
-    peak_mem_mb: float | None
-    num_steps: int
-    curve: tuple[tuple[float, float], ...]
-    fingerprint: dict
-    seed: int
-    run_dir: str
-    timings: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        record = asdict(self)
-        record["status"] = self.status.value
-        record["curve"] = [list(point) for point in self.curve]
-        return record
+KIT_DIR = REPO_ROOT / "kit"
 
 
 @dataclass(frozen=True)
@@ -80,19 +48,38 @@ class HarnessConfig:
     """Apply the static gate first. Only tests of the deeper defenses turn it off."""
 
 
-Monitor = Callable[[list[tuple[float, float]]], "str | None"]
-"""Called with the curve so far after each progress line; a returned reason stops the run as pruned."""
+def frozen_files(profile) -> list[Path]:
+    """What no run may change: prepare.py and the profile's data (prepare.frozen_paths), and every source file of the
+    kit, subpackages included."""
+    import prepare
+
+    return prepare.frozen_paths(profile) + sorted(KIT_DIR.rglob("*.py"))
 
 
-def _summary_value(lines: list[str], key: str) -> float | None:
-    """A value from train.py's own summary block (informational only: never val_bpb)."""
-    for line in reversed(lines):
-        if line.startswith(f"{key}:"):
-            try:
-                return float(line.split(":", 1)[1])
-            except ValueError:
-                return None
-    return None
+@dataclass
+class TrainingRun:
+    """What the training process did, as the harness saw it from outside."""
+
+    stream: CurveStream  # the progress points, shown to the monitor as they came
+    lines: list[str] = field(default_factory=list)  # its output (a flood keeps its head and its tail)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds from the start: first_progress, handoff, ...
+    handed_off: bool = False  # prepare.hand_off said the model is exported
+    peak_mem_mb: float | None = None  # from the hand-off line
+    ended: tuple[Status, str] | None = None  # why the run failed or was stopped, if it was
+
+    @property
+    def curve(self) -> list[tuple[float, float]]:
+        return self.stream.curve
+
+    def summary_value(self, key: str) -> float | None:
+        """A value from train.py's own summary block (informational only: never val_bpb)."""
+        for line in reversed(self.lines):
+            if line.startswith(f"{key}:"):
+                try:
+                    return float(line.split(":", 1)[1])
+                except ValueError:
+                    return None
+        return None
 
 
 def _crash_reason(lines: list[str], returncode: int | None) -> str:
@@ -177,19 +164,18 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
     (run_dir / "train.py").write_text(source)
     device = prepare.get_device()
     fingerprint = prepare.fingerprint(profile, budget, device)
-    timings: dict[str, float] = {}
-    curve: list[tuple[float, float]] = []
-    lines: list[str] = []
+    training = TrainingRun(CurveStream(monitor))
 
     def finish(status: Status, reason: str, val_bpb: float | None = None) -> RunResult:
+        curve = training.curve
+        peak = training.peak_mem_mb if training.handed_off else training.summary_value("peak_mem_mb")
         result = RunResult(
             status=status, val_bpb=val_bpb, reason=reason,
             training_seconds=curve[-1][0] if curve else 0.0,
             total_seconds=round(time.monotonic() - started, 3),
-            peak_mem_mb=_summary_value(lines, "peak_mem_mb"),
-            num_steps=int(_summary_value(lines, "num_steps") or len(curve)),
+            peak_mem_mb=peak, num_steps=int(training.summary_value("num_steps") or len(curve)),
             curve=tuple(curve), fingerprint=fingerprint, seed=seed, run_dir=str(run_dir),
-            timings={k: round(v, 3) for k, v in timings.items()})
+            timings={k: round(v, 3) for k, v in training.timings.items()})
         _record(result)
         return result
 
@@ -200,7 +186,7 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
 
     backend = sandbox.resolve_backend(config.sandbox)
     data = prepare.data_dir(profile)
-    frozen = prepare.frozen_paths(profile) + sorted((REPO_ROOT / "kit").glob("*.py"))
+    frozen = frozen_files(profile)
     before = gate.hash_files(frozen)
     handoff = run_dir / "model.pt2"
     handoff.unlink(missing_ok=True)
@@ -230,19 +216,19 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=eval_log, text=True,
                                  start_new_session=True, preexec_fn=sandbox.limit_resources(eval_spec))
     try:
-        outcome = _train(argv, train_spec, run_dir, deadline, monitor, curve, lines, timings, started,
-                         env=_env(profile.name, budget, seed, run_dir, extra))
-        timings["training_process"] = time.monotonic() - started
+        _train(training, argv, train_spec, run_dir, deadline, started,
+               env=_env(profile.name, budget, seed, run_dir, extra))
+        training.timings["training_process"] = time.monotonic() - started
         changed = gate.changed_files(before, gate.hash_files(frozen))
         if changed:
             return finish(Status.TAMPERED, f"frozen files changed during the run: {', '.join(changed)}")
-        if outcome:
-            return finish(*outcome)
+        if training.ended:
+            return finish(*training.ended)
         if not handoff.exists():
             return finish(Status.CRASH, "train.py ended without handing off its model: call prepare.hand_off(model)")
         eval_started = time.monotonic()
         verdict, stdout = _evaluate(evaluator, handoff, deadline)
-        timings["evaluation"] = time.monotonic() - eval_started
+        training.timings["evaluation"] = time.monotonic() - eval_started
         if verdict is None and time.monotonic() >= deadline:
             return finish(Status.TIMEOUT, f"evaluation passed the hard wall clock ({budget:.0f} s + {grace:.0f} s)")
     finally:
@@ -278,33 +264,27 @@ def _evaluate(evaluator: subprocess.Popen, handoff: Path, deadline: float) -> tu
         timer.cancel()
 
 
-def _train(argv: list[str], spec: sandbox.SandboxSpec, run_dir: Path, deadline: float, monitor: Monitor | None,
-           curve: list, lines: list, timings: dict, started: float, env: dict) -> tuple[Status, str] | None:
-    """Run the training process to its hand-off (then end it: its exit is not worth waiting for) or its end; a
-    (status, reason) unless it handed off or exited cleanly in time."""
+def _train(training: TrainingRun, argv: list[str], spec: sandbox.SandboxSpec, run_dir: Path, deadline: float,
+           started: float, env: dict) -> None:
+    """Run the training process to its hand-off (then end it: its exit is not worth waiting for) or its end, filling
+    in training; training.ended says why, unless it handed off or exited cleanly in time."""
     process = _Process(argv, env=env, cwd=run_dir, spec=spec, log_path=run_dir / "train.log")
-    handed_off = False
     try:
-        outcome = _watch(process, deadline, monitor, curve, lines, timings, started)
-        handed_off = outcome is _HANDED_OFF
-        if handed_off:
-            outcome = None
-        elif outcome is None:
+        _watch(training, process, deadline, started)
+        if training.ended is None and not training.handed_off:
             try:  # stdout closed: give the process until the deadline to exit
                 process.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                outcome = (Status.TIMEOUT, _timeout_reason(deadline - started))
+                training.ended = (Status.TIMEOUT, _timeout_reason(deadline - started))
     finally:
         process.kill()  # the whole session: nothing train.py started outlives it
         process.close()
-    if outcome is None and not handed_off and process.proc.returncode != 0:
-        outcome = (Status.CRASH, _crash_reason(lines, process.proc.returncode))
-    return outcome
+    if training.ended is None and not training.handed_off and process.proc.returncode != 0:
+        training.ended = (Status.CRASH, _crash_reason(training.lines, process.proc.returncode))
 
 
-def _watch(process: _Process, deadline: float, monitor: Monitor | None, curve: list, lines: list,
-           timings: dict, started: float) -> tuple[Status, str] | None:
-    """Read output until it ends; a (status, reason) when the clock or the monitor stops the run."""
+def _watch(training: TrainingRun, process: _Process, deadline: float, started: float) -> None:
+    """Read output until it ends, the hand-off line comes, the clock runs out or the monitor stops the run."""
     import prepare
 
     while True:
@@ -313,28 +293,26 @@ def _watch(process: _Process, deadline: float, monitor: Monitor | None, curve: l
         except queue.Empty:
             line = ""
         if time.monotonic() > deadline:
-            return Status.TIMEOUT, _timeout_reason(deadline - started)
+            training.ended = (Status.TIMEOUT, _timeout_reason(deadline - started))
+            return
         if line is None:
-            return None
-        if len(lines) < 10_000:
-            lines.append(line)
+            return
+        if len(training.lines) < 10_000:
+            training.lines.append(line)
         elif not line.startswith(prepare.PROGRESS_PREFIX):
-            lines[-1] = line  # keep the tail of a flood, which holds the traceback
+            training.lines[-1] = line  # keep the tail of a flood, which holds the traceback
         if line.startswith(prepare.HANDOFF_PREFIX):
-            timings["handoff"] = time.monotonic() - started
+            training.timings["handoff"] = time.monotonic() - started
+            training.handed_off = True
             with contextlib.suppress(ValueError, TypeError, KeyError):
-                lines.append(f"peak_mem_mb: {float(json.loads(line[len(prepare.HANDOFF_PREFIX):])['peak_mem_mb'])}")
-            return _HANDED_OFF
+                training.peak_mem_mb = float(json.loads(line[len(prepare.HANDOFF_PREFIX):])["peak_mem_mb"])
+            return
         if line.startswith(prepare.PROGRESS_PREFIX) and (point := _parse_progress(line)) is not None:
-            timings.setdefault("first_progress", time.monotonic() - started)
-            timings["last_progress"] = time.monotonic() - started
-            curve.append(point)
-            reason = monitor(curve) if monitor else None
-            if reason:
-                return Status.PRUNED, reason
-
-
-_HANDED_OFF = (Status.OK, "handed off")  # _watch's answer when prepare.hand_off said the model is exported
+            training.timings.setdefault("first_progress", time.monotonic() - started)
+            training.timings["last_progress"] = time.monotonic() - started
+            if reason := training.stream.add(*point):
+                training.ended = (Status.PRUNED, reason)
+                return
 
 
 def _timeout_reason(limit: float) -> str:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from kit.harness import Status
+from kit.results import Status
 
 STATUSES = tuple(status.value for status in Status)
 REWARD_HISTORY = 8  # rewards of the latest experiments in the observation
@@ -67,7 +67,7 @@ class Experiment:
     index: int  # the loop's iteration number; "recent" means highest index
     code_hash: str  # code_hash() of the train.py that ran
     description: str  # one line: what was changed
-    status: str  # a kit.harness.Status value
+    status: str  # a kit.results.Status value
     val_bpb: float | None  # None when the run produced no metric
     reward: float  # kit.reward total
     accepted: bool  # kept as the new incumbent

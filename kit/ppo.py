@@ -1,17 +1,20 @@
-"""The PPO update rule: generalized advantage estimation and one clipped-objective update of an actor-critic.
+"""PPO: generalized advantage estimation, the clipped-objective update of an actor-critic, and the rollout that
+feeds it.
 
 Owns: `PPOConfig`, `compute_gae`, `make_batch` (a finished rollout -> the `b_*` batch), `ppo_loss` (the loss of one
-minibatch and its statistics) and `ppo_step` (epochs of shuffled minibatches over one batch). The math and the names
-follow CleanRL's ppo.py: `logratio`, `ratio`, `pg_loss`, `v_loss_clipped`, `approx_kl`, `clipfrac`, `explained_var`.
-Does not own: collecting rollouts or deciding when to update (kit.loop), the networks (kit.policy).
+minibatch and its statistics), `ppo_step` (epochs of shuffled minibatches over one batch) and `Rollout` (the
+storage, the optimizer and when to update, for a task that never ends). The math and the names follow CleanRL's
+ppo.py: `logratio`, `ratio`, `pg_loss`, `v_loss_clipped`, `approx_kl`, `clipfrac`, `explained_var`.
+Does not own: the networks (kit/policies/operator.py) or what a transition is worth (kit/reward.py).
 
-The policy is anything with `get_action_and_value(x, action=None, mask=None) -> (action, logprob, entropy, value)`,
-where `mask` is a bool tensor that is True for the actions that may be taken (kit.policy.OperatorPolicy).
+The agent is anything with `get_action_and_value(x, action=None, mask=None) -> (action, logprob, entropy, value)`
+and `get_value(x)`, where `mask` is a bool tensor that is True for the actions that may be taken.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +42,7 @@ class PPOConfig:
     norm_adv: bool = True  # normalize advantages per minibatch (skipped for one-sample minibatches)
     clip_vloss: bool = True  # clip the value update around the old values, as in the PPO paper's implementation
     target_kl: float | None = None  # stop the epochs early once approx_kl exceeds this; None never stops
+    num_steps: int = 8  # transitions per rollout: one update every num_steps proposals
 
     def __post_init__(self):
         for name in ("clip_coef", "vf_coef", "ent_coef", "learning_rate", "max_grad_norm"):
@@ -49,10 +53,10 @@ class PPOConfig:
             x = getattr(self, name)
             if not (isinstance(x, (int, float)) and 0.0 <= x <= 1.0):
                 raise ValueError(f"PPOConfig.{name} must lie in [0, 1], got {x=}")
-        for name in ("update_epochs", "num_minibatches"):
+        for name, least in (("update_epochs", 1), ("num_minibatches", 1), ("num_steps", 2)):
             x = getattr(self, name)
-            if not (isinstance(x, int) and not isinstance(x, bool) and x >= 1):
-                raise ValueError(f"PPOConfig.{name} must be an int >= 1, got {x=}")
+            if not (isinstance(x, int) and not isinstance(x, bool) and x >= least):
+                raise ValueError(f"PPOConfig.{name} must be an int >= {least}, got {x=}")
         x = self.target_kl
         if x is not None and not (isinstance(x, (int, float)) and x > 0):
             raise ValueError(f"PPOConfig.target_kl must be None or > 0, got {x=}")
@@ -194,3 +198,40 @@ def ppo_step(policy: nn.Module, batch: dict[str, Tensor], optimizer: torch.optim
     stats["losses/clipfrac"] = float(np.mean(clipfracs))
     stats["losses/explained_variance"] = explained_var
     return stats
+
+
+class Rollout:
+    """PPO's storage for a task that never ends (a research run is one long episode): transitions are kept until
+    cfg.num_steps are in, then one ppo_step over them, with advantages bootstrapped from the critic's value of the
+    state after the last one, and the storage starts over. It holds the optimizer, and its state_dict (the buffer and
+    the optimizer's state) goes into RUN_DIR/policy.pt beside the agent's weights."""
+
+    def __init__(self, agent: nn.Module, cfg: PPOConfig):
+        self.agent, self.cfg = agent, cfg
+        self.optimizer = make_optimizer(agent, cfg)
+        self.buffer: list[dict[str, Any]] = []
+
+    def add(self, obs: np.ndarray, action: int, logprob: float, value: float, reward: float, mask: np.ndarray,
+            next_obs: Callable[[], np.ndarray]) -> dict[str, float]:
+        """Store one transition; once num_steps are stored, update the agent and return its losses (else {})."""
+        self.buffer.append({"obs": np.asarray(obs).tolist(), "action": int(action), "logprob": float(logprob),
+                            "value": float(value), "reward": float(reward), "mask": np.asarray(mask).tolist()})
+        if len(self.buffer) < self.cfg.num_steps:
+            return {}
+        b = self.buffer
+        with torch.no_grad():  # the task goes on after the last transition: bootstrap from the state it left
+            next_value = self.agent.get_value(torch.as_tensor(next_obs(), dtype=torch.float32)[None]).item()
+        batch = make_batch([t["obs"] for t in b], [t["action"] for t in b], [t["logprob"] for t in b],
+                           [t["reward"] for t in b], [t["value"] for t in b], dones=np.zeros(len(b)),
+                           next_value=next_value, next_done=0.0, cfg=self.cfg, masks=[t["mask"] for t in b])
+        stats = ppo_step(self.agent, batch, self.optimizer, self.cfg)
+        self.buffer = []
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        if d.get("optimizer"):
+            self.optimizer.load_state_dict(d["optimizer"])
+        self.buffer = d.get("buffer", [])

@@ -3,7 +3,7 @@
 Owns: the power-law fit L(u) = a·u^-b + c (u = share of the budget spent), the stop rules behind one interface
 (`should_stop(curve, incumbent) -> Decision`), and `EarlyStopper`, the harness monitor that asks the active rule
 at fixed points of the budget and keeps every decision for the ledger.
-Does not own: running or killing anything (kit/harness.py), choosing the incumbent (kit/loop.py).
+Does not own: running or killing anything (kit/harness.py), choosing the incumbent (kit/run_state.py).
 
 The curve is train.py's training loss per step; val_bpb is measured on other data by another process. A rule
 therefore compares a run with the incumbent's *curve*, and maps a forecast loss to val_bpb through the

@@ -4,7 +4,7 @@ Owns: rendering program.md, the current train.py and the memory (recent and best
 fits a token budget — dropping the oldest recent experiments first, then eliding the bodies of train.py's largest
 functions and classes (never the hyperparameters or the training loop) — and turning a completion into a new
 train.py: a unified diff in a ```diff block, or a whole file in a ```python block.
-Does not own: generating text (kit/lm_policy.py, kit/llm_proposer.py) or judging the result (kit/gate.py).
+Does not own: generating text (kit/policies/lm.py, kit/policies/llm.py) or judging the result (kit/gate.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kit import REPO_ROOT
 from kit.edits import EditError, apply_unified_diff
-from kit.harness import REPO_ROOT
 from kit.memory import Memory
 
 PROGRAM = REPO_ROOT / "program.md"

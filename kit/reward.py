@@ -11,7 +11,7 @@ A `pruned` run earns the same with the predictor's forecast in place of val_bpb,
 credit_early_stops off, only the forecast's accuracy and the stability).
 `crash`, `timeout`, `rejected` and `tampered` earn their penalty; a duplicate adds its penalty to whatever the
 status earned. Every term is recorded in `Reward.parts`; the total is their sum and always finite.
-Does not own: deciding acceptance (kit.loop), the forecast (kit.predictor), or duplicate detection (kit.memory).
+Does not own: deciding acceptance (kit.acceptance), the forecast (kit.predictor), or duplicate detection (kit.memory).
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kit.harness import Status
-
-_FAILURES = (Status.CRASH, Status.TIMEOUT, Status.REJECTED, Status.TAMPERED)
+from kit.results import FAILURES, Status
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,7 @@ def efficiency_score(total_seconds: float | None, budget: float) -> float:
 def compute_reward(status: str, val_bpb: float | None, incumbent: float | None, total_seconds: float, budget: float,
                    curve: list[tuple[float, float]], predicted: float | None = None, duplicate: bool = False,
                    config: RewardConfig = RewardConfig()) -> Reward:
-    """The reward of one experiment (see the module docstring); status is a kit.harness.Status value."""
+    """The reward of one experiment (see the module docstring); status is a kit.results.Status value."""
     if status not in tuple(Status):
         raise ValueError(f"status must be one of {[s.value for s in Status]}, got {status=}")
     if not (math.isfinite(_float(budget)) and budget > 0):
@@ -135,7 +133,7 @@ def compute_reward(status: str, val_bpb: float | None, incumbent: float | None, 
         if status == Status.PRUNED and config.credit_early_stops:
             parts["early_stop"] = config.early_stop_bonus
     else:
-        assert status in _FAILURES
+        assert status in FAILURES
         parts[status.value] = getattr(config, status.value)
     if duplicate:
         parts["duplicate"] = config.duplicate

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from kit.edits import EditError
-from kit.policy import Proposal, State
+from kit.policies.base import Outcome, Policy, Proposal, Setup, State
 from kit.prompt import parse_completion, render_prompt
 
 
@@ -73,7 +73,7 @@ def _token_logprobs(model, prompt: torch.Tensor, completion: torch.Tensor) -> tu
             out.hidden_states[-1][0, len(prompt) - 1].float())
 
 
-class LMPolicy:
+class LMPolicy(Policy):
     """Behind the same protocol as the other policies; `learn` stores a transition and updates every ppo_every."""
 
     name = "lm"
@@ -113,6 +113,13 @@ class LMPolicy:
             {"params": self.value_head.parameters(), "lr": config.value_learning_rate}], weight_decay=0.0)
         self.buffer: list[dict] = []
         self.proposals = 0
+
+    @classmethod
+    def build(cls, setup: Setup) -> LMPolicy:
+        if not setup.lm_model:
+            raise ValueError("the lm policy needs a model: give --lm-model PATH_OR_NAME")
+        # one update per rollout of the loop's length, as for the operator policy
+        return cls(LMPolicyConfig(model=setup.lm_model, seed=setup.seed, ppo_every=setup.ppo.num_steps))
 
     # proposing ------------------------------------------------------------------------------------------------
 
@@ -155,8 +162,8 @@ class LMPolicy:
         return Proposal(edit=None, values=None, action=None, logprob=float(logprobs.sum()), value=value,
                         description=f"lm: {description}", candidate=candidate, error=error, tokens=tokens)
 
-    def observe(self, proposal: Proposal, val_bpb: float | None, accepted: bool) -> None:
-        """Nothing to do: the LM learns from rewards in `learn`."""
+    def observe(self, outcome: Outcome) -> dict:
+        return self.learn(outcome.proposal, outcome.reward)
 
     # learning -------------------------------------------------------------------------------------------------
 

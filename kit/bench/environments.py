@@ -1,12 +1,12 @@
-"""Where an experiment's outcome comes from: the real harness, or a synthetic objective with a known optimum.
+"""A synthetic world: a cheap, seeded stand-in for training whose optimum is known.
 
-Owns: the `Environment` protocol (the signature of kit.harness.run_experiment, so the loop, every policy and the
-early-stopping rules run unchanged against any of them) and `SyntheticEnvironment`: a cheap, seeded stand-in for
-training that reads train.py's hyperparameters and answers in about a millisecond with a val_bpb, a learning curve
-the stop rules can watch, a run time, and crashes where learning rates are too high. Its optimum is known and
-reachable from the baseline with the loop's own catalog edits, so tests and the teaching notebook can check that a
-policy finds it, and how fast.
-Does not own: running train.py (kit/harness.py) or replaying recorded runs (kit/replay.py).
+Owns: `SyntheticEnvironment`, which answers through the harness's signature (kit.results.Environment), so the loop,
+every policy and the stop rules run unchanged against it: it reads train.py's hyperparameters and answers in about
+a millisecond with a val_bpb, a learning curve the stop rules can watch, a run time, and crashes where learning rates
+are too high. Its optimum is reachable from the baseline with the loop's own catalog edits, so tests and teaching
+can check that a policy finds it, and how fast. Also what every stand-in world shares: `simulated_result` and
+`gate_rejection`.
+Does not own: running train.py (kit/harness.py) or replaying recorded runs (kit/bench/replay.py).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from kit import edits, gate
-from kit.harness import HarnessConfig, Monitor, RunResult, Status
+from kit.harness import HarnessConfig
+from kit.results import CurveStream, Monitor, RunResult, Status
 
 DEFAULT_HARNESS = HarnessConfig()
 
@@ -38,13 +38,6 @@ def gate_rejection(source: str, config: HarnessConfig) -> str | None:
         return None
     verdict = gate.check_source(source)
     return None if verdict.ok else f"gate: {verdict.summary()}"
-
-
-class Environment(Protocol):
-    """Runs one train.py source and returns its RunResult; kit.harness.run_experiment is the real one."""
-
-    def __call__(self, source: str, run_dir: Path, config: HarnessConfig = DEFAULT_HARNESS,
-                 monitor: Monitor | None = None) -> RunResult: ...
 
 
 @dataclass(frozen=True)
@@ -138,18 +131,16 @@ class SyntheticEnvironment:
         rng = np.random.default_rng([c.seed, seed, int(hashlib.sha256(source.encode()).hexdigest()[:12], 16)])
         final = self.expected_bpb(source) + c.noise * float(rng.standard_normal())
         crash = self.diverges(source)
-        curve = []
+        stream = CurveStream(monitor)
         for i in range(1, c.points + 1):
             u = i / c.points
             t = budget * u
             loss = final + 0.6 * (u ** -0.5 - 1) + 0.01 * float(rng.standard_normal())
             if crash and u > 0.2:
-                return result(Status.CRASH, crash, curve, trained=t, total=t + c.overhead / 2)
-            curve.append((round(t, 3), loss))
-            reason = monitor(list(curve)) if monitor is not None else None
-            if reason:
-                return result(Status.PRUNED, reason, curve, trained=t, total=t + c.overhead / 2)
-        return result(Status.OK, "", curve, val_bpb=round(final, 6), trained=budget, total=budget + c.overhead)
+                return result(Status.CRASH, crash, stream.curve, trained=t, total=t + c.overhead / 2)
+            if reason := stream.add(round(t, 3), loss):
+                return result(Status.PRUNED, reason, stream.curve, trained=t, total=t + c.overhead / 2)
+        return result(Status.OK, "", stream.curve, val_bpb=round(final, 6), trained=budget, total=budget + c.overhead)
 
     def describe(self) -> str:
         """The optimum in one line, for tests and teaching."""

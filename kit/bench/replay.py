@@ -3,10 +3,11 @@
 Owns: `Surrogate` (a Gaussian process over train.py's normalized hyperparameters for the final val_bpb, with the
 noise between seeds as its white-noise term; the k nearest recorded runs for the chance of a crash or timeout, the
 curve's shape and the run time) with its held-out error, and `ReplayEnvironment`, which answers through the
-harness's signature (kit/environments.py): a config recorded under the seed asked for gets its recorded run back
+harness's signature (kit.results.Environment): a config recorded under the seed asked for gets its recorded run back
 exactly (curve, status, val_bpb, times); any other config or seed gets the surrogate's mean plus the fitted seed
 noise, drawn once per config and seed, so a replayed world is deterministic and every policy meets the same one.
-Does not own: recording runs (kit/curves.py) or the benchmark that compares agents on a replayed world.
+Does not own: recording runs (kit/bench/recorder.py) or the benchmark that compares agents on a replayed world
+(kit/bench/agents.py).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from kit import edits
-from kit.curves import ran_alone
-from kit.environments import DEFAULT_HARNESS, gate_rejection, simulated_result
-from kit.harness import HarnessConfig, Monitor, RunResult, Status
+from kit.bench.environments import DEFAULT_HARNESS, gate_rejection, simulated_result
+from kit.bench.recorder import ran_alone
+from kit.harness import HarnessConfig
 from kit.hyperparams import Hyperparameter
+from kit.results import CurveStream, Monitor, RunResult, Status
 
 
 @dataclass(frozen=True)
@@ -195,15 +197,11 @@ class ReplayEnvironment:
                run_dir: Path, monitor: Monitor | None) -> RunResult:
         """Feed the curve to the monitor point by point, as the harness does; a stop there is a pruned run whose
         cost is the share of the run it took."""
-        shown: list[tuple[float, float]] = []
-        for t, loss in curve:
-            shown.append((float(t), float(loss)))
-            reason_to_stop = monitor(list(shown)) if monitor is not None else None
-            if reason_to_stop:
-                overhead = max(total - trained, 0.0)
-                return self._result(Status.PRUNED, reason_to_stop, shown, None, float(t), float(t) + overhead / 2,
-                                    seed, run_dir)
-        return self._result(Status(status), reason, shown, val_bpb, trained, total, seed, run_dir)
+        stream = CurveStream(monitor)
+        if stop := stream.feed(curve):
+            t, overhead = stream.curve[-1][0], max(total - trained, 0.0)
+            return self._result(Status.PRUNED, stop, stream.curve, None, t, t + overhead / 2, seed, run_dir)
+        return self._result(Status(status), reason, stream.curve, val_bpb, trained, total, seed, run_dir)
 
     def _result(self, status: Status, reason: str, curve, val_bpb, trained: float, total: float, seed: int,
                 run_dir: Path) -> RunResult:

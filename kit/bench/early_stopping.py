@@ -5,7 +5,7 @@ Owns: the replay (an incumbent that only a run finished and better replaces; a s
 and the training it did), the metrics (throughput, false prunes, share stopped, mean stopping point, forecast
 error at 25/50/75 % of the budget, regret of the final best), the sweep of each rule's aggressiveness, and
 bench/early_stopping.md with its plot.
-Does not own: the rules (kit/predictor.py) or the recorded curves (kit/curves.py).
+Does not own: the rules (kit/predictor.py) or the recorded curves (kit/bench/recorder.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import predictor
-from kit.curves import MAX_OTHERS_SHARE, ran_alone
+from kit.bench.recorder import MAX_OTHERS_SHARE, ran_alone
 
 CHECKPOINTS = (0.25, 0.5, 0.75)
 """Progress at which forecast errors are reported."""

@@ -5,7 +5,7 @@ ledger) against an Environment in a scratch directory, reading back each run's b
 and the comparison: median and interquartile best-so-far at checkpoints, experiments needed to beat the baseline by
 1 % and 2 %, the area under the best-so-far curve, wall-clock with early stopping, and a one-sided Mann-Whitney test
 of each policy against the strongest other one; writes the markdown report and its plot.
-Does not own: the environments (kit/environments.py, kit/replay.py) or the policies (kit/policy.py).
+Does not own: the worlds (kit/bench/environments.py, kit/bench/replay.py) or the policies (kit/policies/).
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.environments import DEFAULT_HARNESS, Environment
-from kit.harness import HarnessConfig, Monitor, RunResult
+from kit.bench.environments import DEFAULT_HARNESS
+from kit.harness import HarnessConfig
 from kit.ledger import Ledger
-from kit.loop import NOISE_POLICY, LoopConfig, run_loop
+from kit.loop import LoopConfig, run_loop
 from kit.memory import code_hash
+from kit.results import Environment, Monitor, RunResult
+from kit.run_state import NOISE_POLICY
+from kit.stopping import StopConditions
 
 CHECKPOINTS = (25, 50, 100, 300)
 REAL_CHECK = "## Real check on the `cpu` profile (no surrogate)"  # bench/agents_real.py writes this section
@@ -58,11 +61,11 @@ def run_one(policy: str, seed: int, environment: Environment, experiments: int, 
     started = time.perf_counter()
     world = _Expecting(environment)
     config = LoopConfig(run_dir=run_dir, profile=profile, policy=policy, seed=seed, budget=budget,
-                        iterations=experiments + noise_repeats, noise_repeats=noise_repeats)
+                        stop=StopConditions(iterations=experiments + noise_repeats), noise_repeats=noise_repeats)
     pauses, recorded = -1, -1
     # three failures in a row pause the loop; a user would look and run it again, and so does the benchmark, so that
     # every policy gets its experiments (a resume that adds nothing ends it)
-    while recorded < config.iterations:
+    while recorded < config.stop.iterations:
         with contextlib.redirect_stdout(io.StringIO()):
             run_loop(config, environment=world)
         with Ledger(run_dir, readonly=True) as ledger:

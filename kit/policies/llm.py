@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kit.edits import EditError
-from kit.policy import Proposal, State
+from kit.policies.base import Policy, Proposal, Setup, State
 from kit.prompt import PROGRAM, parse_completion, render_prompt
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -49,12 +49,18 @@ class LLMConfig:
             raise ValueError(f"timeout must be positive and retries >= 0, got {self.timeout=}, {self.retries=}")
 
 
-class LLMProposer:
+class LLMProposer(Policy):
     name = "llm"
 
     def __init__(self, config: LLMConfig, program: str | None = None, sleep: Callable[[float], None] = time.sleep):
         self.config, self.sleep = config, sleep
         self.program = program if program is not None else PROGRAM.read_text()
+
+    @classmethod
+    def build(cls, setup: Setup) -> LLMProposer:
+        if not (setup.llm_url and setup.llm_model):
+            raise ValueError("the llm proposer needs an endpoint: give --llm-url URL and --llm-model NAME")
+        return cls(LLMConfig(url=setup.llm_url, model=setup.llm_model))
 
     def propose(self, state: State) -> Proposal:
         try:
@@ -67,15 +73,6 @@ class LLMProposer:
             candidate, description, error = None, "no usable reply", str(failure)
         return Proposal(edit=None, values=None, action=None, logprob=0.0, value=0.0,
                         description=f"llm: {description}", candidate=candidate, error=error)
-
-    def observe(self, proposal: Proposal, val_bpb: float | None, accepted: bool) -> None:
-        """Nothing to learn: the loop's keep-if-better is the whole method."""
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, d: dict) -> None:
-        pass
 
     def _chat(self, prompt: str) -> str:
         c = self.config

@@ -4,6 +4,7 @@ Owns: choosing what to record (the baseline under other seeds, short random walk
 and random settings of a few knobs at once to fill the space), running each to its end with the harness, and
 the dataset file: one gzip member per run appended to a .jsonl.gz, so a killed recording loses at most the run
 in flight and resumes where it stopped. Loading it back for the early-stopping and agent benchmarks.
+Also `CpuWatch`, which measures from /proc how much of the machine's CPU other work took while a run went on.
 Does not own: running experiments (kit/harness.py) or forecasting curves (kit/predictor.py).
 """
 
@@ -24,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from kit import edits
-from kit.harness import REPO_ROOT, HarnessConfig, RunResult, run_experiment
+from kit import REPO_ROOT, edits
+from kit.harness import HarnessConfig, run_experiment
 from kit.hyperparams import Hyperparameter
+from kit.results import RunResult
 
 KIND_SHARES = {"baseline": 0.15, "walk": 0.5, "scatter": 0.35}
 """What a recorded run is: the baseline under another seed (the noise), 1-3 catalog edits of the baseline

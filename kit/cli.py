@@ -1,0 +1,234 @@
+"""The kit's command line: `python -m kit …`, or `autoresearch-rl …` once the package is installed.
+
+    python -m kit prepare [--profile cpu]
+    python -m kit experiment [train.py] [--profile cpu] [--budget S] [--seed N] [--run-dir DIR] [--json]
+    python -m kit loop [--profile cpu] [--policy ppo] [--iterations N] [--hours H] [--run-dir DIR] ...
+    python -m kit report RUN_DIR
+    python -m kit bench {record,early-stopping,agents} ...     (kit/bench/cli.py)
+
+Owns: parsing arguments, one-line errors for bad input (exit 2), dispatch (one function per command) and printing.
+Choices come from the registries (kit.policies.REGISTRY, kit.predictor.RULES, prepare.PROFILES) and defaults from
+the config dataclasses: a flag not given is not passed on, so a default is written in one place only.
+Does not own: any of the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kit import REPO_ROOT
+
+SANDBOXES = ("auto", "bwrap", "unshare", "none")
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line that says what to do, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad usage in one line (and says where help is), and leaves out every flag not given."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, argument_default=argparse.SUPPRESS, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def default(config: type, name: str) -> Any:
+    """The default a config dataclass gives a field: for help texts, so it is written in one place only."""
+    field = {f.name: f for f in dataclasses.fields(config)}[name]
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def given(args: argparse.Namespace, config: type) -> dict[str, Any]:
+    """The flags given on the command line that are fields of config."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def profiles() -> tuple[str, ...]:
+    import prepare
+
+    return tuple(prepare.PROFILES)
+
+
+def ensure_data(profile_name: str) -> None:
+    """smoke makes its data on the spot; the others must be prepared once, on purpose."""
+    import prepare
+
+    profile = prepare.get_profile(profile_name)
+    if profile.name == "smoke":
+        prepare.prepare_data(profile)
+    elif not (prepare.data_dir(profile) / "manifest.json").exists():
+        raise UsageError(f"no data for profile '{profile.name}' in {prepare.data_dir(profile)}: "
+                         f"run `python prepare.py --profile {profile.name}` first")
+
+
+def read_train_py(path: str | Path) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{path} not found: give the path of a train.py (the kit's own is {REPO_ROOT / 'train.py'})")
+    source = file.read_text(encoding="utf-8", errors="replace")
+    if not source.strip():
+        raise UsageError(f"{path} is empty: give a train.py with a model and a training loop")
+    return source
+
+
+# ---------------------------------------------------------------------------
+# The commands
+# ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    from kit.harness import HarnessConfig
+    from kit.loop import LoopConfig
+    from kit.policies import REGISTRY
+    from kit.predictor import RULES
+
+    parser = OneLineParser(prog="python -m kit", description="autoresearch-rl: an RL agent that improves train.py "
+                           "on its own.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    prep = commands.add_parser("prepare", help="prepare the frozen data of a profile")
+    prep.add_argument("--profile", choices=profiles(), help="default: $AUTORESEARCH_PROFILE or cpu")
+    prep.set_defaults(run=_prepare)
+
+    exp = commands.add_parser("experiment", help="run one experiment of a train.py and print its result")
+    exp.add_argument("train_py", nargs="?", help=f"default: the kit's train.py ({REPO_ROOT / 'train.py'})")
+    exp.add_argument("--profile", choices=profiles(), help=f"default: {default(HarnessConfig, 'profile')}")
+    exp.add_argument("--budget", type=positive, help="training seconds (default: the profile's)")
+    exp.add_argument("--run-dir", type=Path, help="default: runs/experiment-<time>")
+    exp.add_argument("--seed", type=int, help="seed for the frozen side (default: the profile's)")
+    exp.add_argument("--sandbox", choices=SANDBOXES, help=f"default: {default(HarnessConfig, 'sandbox')}")
+    exp.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    exp.set_defaults(run=_experiment)
+
+    policies = "; ".join(f"{name}: {entry.summary}" for name, entry in REGISTRY.items())
+    loop = commands.add_parser("loop", help="run the research loop until the termination oracle or a stop")
+    loop.add_argument("--profile", choices=profiles(), help=f"default: {default(LoopConfig, 'profile')}")
+    loop.add_argument("--policy", choices=tuple(REGISTRY),
+                      help=f"{policies} (default: {default(LoopConfig, 'policy')})")
+    loop.add_argument("--iterations", type=positive_int, help="stop at this many experiments recorded")
+    loop.add_argument("--hours", type=positive, help="stop after this many wall-clock hours")
+    loop.add_argument("--gpu-hours", type=positive, help="stop after this many GPU-hours of experiments")
+    loop.add_argument("--run-dir", type=Path, help="default: runs/<policy>-<profile>; the same directory resumes")
+    loop.add_argument("--seed", type=int, help=f"seed of the policy (default: {default(LoopConfig, 'seed')})")
+    loop.add_argument("--budget", type=positive, help="training seconds (default: the profile's)")
+    loop.add_argument("--train-py", type=Path, help="baseline of a new run directory (default: the kit's train.py)")
+    loop.add_argument("--sandbox", choices=SANDBOXES, help=f"default: {default(LoopConfig, 'sandbox')}")
+    loop.add_argument("--lm-model", help="the lm policy's causal LM: a local path or a hub name")
+    loop.add_argument("--llm-url", help="the llm policy's OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
+                      "(API key from $OPENAI_API_KEY)")
+    loop.add_argument("--llm-model", help="the model name the llm endpoint serves")
+    loop.add_argument("--early-stopping", choices=(*RULES, "none"), help="stop rule asked while a run trains "
+                      f"(default: {default(LoopConfig, 'early_stopping')}, which bench/early_stopping.md found safe)")
+    loop.add_argument("--confirm-runs", type=int, help="runs under new seeds a near miss gets before it is dropped "
+                      f"(0: judge every edit on one run; default: {default(LoopConfig, 'confirm_runs')})")
+    loop.set_defaults(run=_loop)
+
+    report = commands.add_parser("report", help="write results.tsv, progress.png and summary.md of a run directory")
+    report.add_argument("run_dir", type=Path)
+    report.set_defaults(run=_report)
+
+    commands.add_parser("bench", help="record learning curves; benchmark early stopping and agents (see "
+                        "`python -m kit bench --help`)", add_help=False)
+    return parser
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    import prepare
+
+    return prepare.main(["--profile", args.profile] if "profile" in args else [])
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from kit.harness import HarnessConfig, run_experiment
+
+    source = read_train_py(getattr(args, "train_py", REPO_ROOT / "train.py"))
+    config = HarnessConfig(**given(args, HarnessConfig))
+    ensure_data(config.profile)
+    run_dir = getattr(args, "run_dir", None) or Path("runs") / f"experiment-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_experiment(source, run_dir, config)
+    shown = f"{result.val_bpb:.6f}" if result.val_bpb is not None else "-"
+    print(f"{result.status.value}: val_bpb {shown}, {result.num_steps} steps, {result.training_seconds:.1f} s "
+          f"training, {result.total_seconds:.1f} s total{' - ' + result.reason if result.reason else ''}")
+    print(f"recorded in {result.run_dir}")
+    if getattr(args, "json", False):
+        print(json.dumps(result.to_json()))
+    return 0
+
+
+def _loop(args: argparse.Namespace) -> int:
+    from kit.ledger import LedgerLocked
+    from kit.loop import LoopConfig, ResumeError, run_loop
+    from kit.stopping import StopConditions
+
+    options = given(args, LoopConfig)
+    policy = options.get("policy", default(LoopConfig, "policy"))
+    profile = options.get("profile", default(LoopConfig, "profile"))
+    read_train_py(options.get("train_py", default(LoopConfig, "train_py")))
+    ensure_data(profile)
+    options.setdefault("run_dir", Path("runs") / f"{policy}-{profile}")
+    try:
+        config = LoopConfig(**options, stop=StopConditions(**given(args, StopConditions)))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    try:
+        reason = run_loop(config)
+    except (LedgerLocked, ResumeError) as error:
+        raise UsageError(str(error)) from None
+    print(f"{reason}\nreport: {Path(config.run_dir) / 'summary.md'}, results.tsv, progress.png")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from kit.ledger import Ledger
+    from kit.report import write_report
+
+    if not (args.run_dir / "ledger.sqlite").exists():
+        raise UsageError(f"no ledger in {args.run_dir}: give the --run-dir of a loop")
+    with Ledger(args.run_dir, readonly=True) as ledger:
+        paths = write_report(args.run_dir, ledger)
+    print("\n".join(str(p) for p in paths.values()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["bench"]:  # the benchmarks have their own parser, imported only when asked for
+            from kit.bench.cli import main as bench
+
+            return bench(argv[1:])
+        args = _parser().parse_args(argv)
+        return args.run(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,145 @@
+"""The default agent: an actor-critic that picks one edit of the catalog, trained with PPO on the loop's rewards.
+
+Owns: `OperatorPolicy`, CleanRL's actor-critic shape (orthogonal init, tanh layers, a critic over the observation)
+with a masked categorical head over the catalog whose logits come from shared edit features, and its rollout
+(kit.ppo.Rollout: one update every num_steps proposals).
+Does not own: the update rule (kit/ppo.py), the features (kit.edits.edit_features) or the reward (kit/reward.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.distributions import Categorical
+
+from kit.policies.base import Outcome, Policy, Proposal, Setup, State, edit_proposal, valid_actions
+from kit.ppo import PPOConfig, Rollout
+
+
+def _layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class OperatorPolicy(nn.Module, Policy):
+    """CleanRL-style actor-critic over the catalog: the critic is a tanh MLP over the observation; the actor scores
+    every edit with one shared tanh MLP over (the state's embedding, the edit's features, where its knob stands now).
+
+    Sharing the scorer is what lets a few hundred experiments teach it anything: an edit is usually tried once per
+    incumbent (a repeat is a duplicate), so a head with one free logit per edit would learn nothing it can reuse,
+    while features (knob, kind, signed size of the move; kit.edits.edit_features) carry "raising this learning rate
+    paid" over to the other edits that raise it. Without edit features each edit is its own one-hot feature, which
+    is the plain categorical head."""
+
+    name = "ppo"
+    edits_catalog = True
+
+    def __init__(self, observation_size: int, catalog_size: int, seed: int = 0, hidden_size: int = 64,
+                 actor_init_std: float = 0.01, edit_features: np.ndarray | None = None,
+                 edit_knobs: np.ndarray | None = None, ppo: PPOConfig | None = None):
+        """hidden_size: width of the two hidden layers of actor and critic; actor_init_std: orthogonal-init gain of
+        the edit scorer's last layer (near-uniform first proposals); ppo: the update and its rollout length
+        (PPOConfig() when None)."""
+        super().__init__()
+        if observation_size < 1 or catalog_size < 1 or hidden_size < 1 or not actor_init_std > 0:
+            raise ValueError(f"OperatorPolicy needs observation_size, catalog_size, hidden_size >= 1 and "
+                             f"actor_init_std > 0, got {observation_size=}, {catalog_size=}, {hidden_size=}, "
+                             f"{actor_init_std=}")
+        if edit_features is None:
+            edit_features = np.eye(catalog_size, dtype=np.float32)
+        if edit_knobs is None:
+            edit_knobs = np.full(catalog_size, -1)
+        edit_features, edit_knobs = np.asarray(edit_features, np.float32), np.asarray(edit_knobs, np.int64)
+        if edit_features.ndim != 2 or len(edit_features) != catalog_size or edit_knobs.shape != (catalog_size,) \
+                or edit_knobs.max(initial=-1) >= observation_size:
+            raise ValueError(f"edit_features needs one row and edit_knobs one observation index (or -1) per edit, "
+                             f"got {edit_features.shape=}, {edit_knobs.shape=} for {catalog_size=}")
+        h = hidden_size
+        with torch.random.fork_rng(devices=[]):  # same seed, same initial weights; the global RNG is left alone
+            torch.manual_seed(seed)
+            self.critic = nn.Sequential(_layer_init(nn.Linear(observation_size, h)), nn.Tanh(),
+                                        _layer_init(nn.Linear(h, h)), nn.Tanh(), _layer_init(nn.Linear(h, 1), std=1.0))
+            self.state_net = nn.Sequential(_layer_init(nn.Linear(observation_size, h)), nn.Tanh(),
+                                           _layer_init(nn.Linear(h, h)), nn.Tanh())
+            self.edit_net = nn.Sequential(_layer_init(nn.Linear(edit_features.shape[1] + 1, h)), nn.Tanh(),
+                                          _layer_init(nn.Linear(h, h), std=actor_init_std))
+        self.register_buffer("edit_features", torch.from_numpy(edit_features))
+        self.register_buffer("edit_knobs", torch.from_numpy(edit_knobs))
+        self.observation_size, self.catalog_size = observation_size, catalog_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rollout = Rollout(self, ppo or PPOConfig())
+
+    @classmethod
+    def build(cls, setup: Setup) -> OperatorPolicy:
+        features, knob_index = setup.edit_features if setup.edit_features is not None else (None, None)
+        return cls(setup.observation_size, len(setup.catalog), seed=setup.seed, edit_features=features,
+                   edit_knobs=knob_index, ppo=setup.ppo)
+
+    # the network ----------------------------------------------------------------------------------------------
+
+    def actor(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over the catalog, shape (batch, catalog_size)."""
+        batch, n = x.shape[0], self.catalog_size
+        features = self.edit_features[None].expand(batch, n, -1)
+        where = x[:, self.edit_knobs.clamp(min=0)] * (self.edit_knobs >= 0)  # the knob's normalized value now
+        edits = self.edit_net(torch.cat([features, where[..., None]], dim=-1))  # (batch, n, h)
+        return (edits * self.state_net(x)[:, None, :]).sum(-1)
+
+    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(x)
+
+    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None,
+                             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """(action, logprob, entropy, value) for a batch of observations; mask (bool, True = allowed) sets the
+        logits of forbidden actions to -inf, so they are never sampled and carry no entropy."""
+        logits = self.actor(x)
+        if mask is not None:
+            logits = logits.masked_fill(~mask.to(device=logits.device, dtype=torch.bool), -math.inf)
+        probs = Categorical(logits=logits)
+        if action is None:
+            # sample on the CPU generator, so a seed fixes the proposals on any device
+            action = torch.multinomial(probs.probs.detach().cpu(), 1, generator=self.generator).view(-1)
+            action = action.to(logits.device)
+        return action, probs.log_prob(action), probs.entropy(), self.critic(x)
+
+    # the protocol ---------------------------------------------------------------------------------------------
+
+    def propose(self, state: State) -> Proposal:
+        valid = valid_actions(state)
+        if len(state.catalog) != self.catalog_size:
+            raise ValueError(f"the policy was built for {self.catalog_size} edits, got {len(state.catalog)=}")
+        if np.size(state.observation) != self.observation_size:
+            raise ValueError(f"the policy was built for observations of {self.observation_size} features, got "
+                             f"{np.size(state.observation)=}")
+        obs = torch.as_tensor(np.asarray(state.observation, dtype=np.float32)).reshape(1, -1)
+        mask = torch.zeros(1, self.catalog_size, dtype=torch.bool)
+        mask[0, torch.as_tensor(valid)] = True
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            action, logprob, _, value = self.get_action_and_value(obs.to(device), mask=mask.to(device))
+        return edit_proposal(state, int(action.item()), float(logprob.item()), float(value.item()))
+
+    def observe(self, outcome: Outcome) -> dict:
+        """Store the transition; every num_steps of them, one PPO update (its losses are returned)."""
+        p = outcome.proposal
+        if p.action is None:
+            return {}
+        return self.rollout.add(outcome.state.observation, p.action, p.logprob, p.value, outcome.reward,
+                                outcome.state.mask, outcome.next_observation)
+
+    def checkpoint(self) -> dict:
+        return {"policy": self.state_dict(), **self.rollout.state_dict()}
+
+    def restore(self, saved: dict) -> None:
+        self.load_state_dict(saved["policy"])
+        self.rollout.load_state_dict(saved)
+
+    def get_extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

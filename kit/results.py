@@ -1,0 +1,95 @@
+"""The run vocabulary: how an experiment ended, what it reports, and who may watch or stand in for a run.
+
+Owns: `Status` and `FAILURES` (the one place the failure set is written), `RunResult` (one experiment's outcome,
+whoever produced it), the `Monitor` and `Environment` protocols, and `CurveStream`, the one way a learning curve is
+fed point by point to a monitor that may stop the run.
+Does not own: producing results (kit/harness.py runs train.py; kit/bench/ has stand-in worlds), deciding on them
+(kit/loop.py), or storing them (kit/ledger.py).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from kit.harness import HarnessConfig
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    PRUNED = "pruned"  # stopped early by a stop rule: no evaluation
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"  # refused before it ran (the gate, an edit that does not apply, a duplicate)
+    TAMPERED = "tampered"
+
+
+FAILURES = frozenset({Status.CRASH, Status.TIMEOUT, Status.REJECTED, Status.TAMPERED})
+"""Outcomes that say the train.py does not work (a StrEnum: `"crash" in FAILURES` holds too)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: Status
+    val_bpb: float | None
+    reason: str
+    training_seconds: float
+    total_seconds: float
+    peak_mem_mb: float | None
+    num_steps: int
+    curve: tuple[tuple[float, float], ...]
+    fingerprint: dict
+    seed: int
+    run_dir: str
+    timings: dict = field(default_factory=dict)
+
+    @classmethod
+    def not_run(cls, reason: str) -> RunResult:
+        """An experiment refused before anything ran (status rejected): nothing trained, nothing measured."""
+        return cls(status=Status.REJECTED, val_bpb=None, reason=reason, training_seconds=0.0, total_seconds=0.0,
+                   peak_mem_mb=None, num_steps=0, curve=(), fingerprint={}, seed=0, run_dir="")
+
+    def to_json(self) -> dict:
+        record = asdict(self)
+        record["status"] = self.status.value
+        record["curve"] = [list(point) for point in self.curve]
+        return record
+
+
+Monitor = Callable[[list[tuple[float, float]]], "str | None"]
+"""Called with the curve so far after each progress point; a returned reason stops the run as pruned."""
+
+
+class Environment(Protocol):
+    """Runs one train.py source and returns its RunResult: kit.harness.run_experiment is the real one; the synthetic
+    and replayed worlds of kit.bench answer through the same call."""
+
+    def __call__(self, source: str, run_dir: Path, config: HarnessConfig,
+                 monitor: Monitor | None = None) -> RunResult: ...
+
+
+class CurveStream:
+    """A learning curve growing point by point, shown to a monitor after each point; remembers why it stopped."""
+
+    def __init__(self, monitor: Monitor | None):
+        self.monitor = monitor
+        self.curve: list[tuple[float, float]] = []
+        self.stop_reason: str | None = None
+
+    def add(self, t: float, loss: float) -> str | None:
+        """Append a point; the monitor's reason to stop the run, if it gives one."""
+        self.curve.append((float(t), float(loss)))
+        if self.monitor is not None and self.stop_reason is None:
+            self.stop_reason = self.monitor(self.curve) or None
+        return self.stop_reason
+
+    def feed(self, points: Iterable[tuple[float, float]]) -> str | None:
+        """Add points until the monitor stops the run (the reason) or they run out (None)."""
+        for t, loss in points:
+            if self.add(t, loss):
+                return self.stop_reason
+        return None

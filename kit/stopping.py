@@ -1,0 +1,92 @@
+"""When the research loop stops, and when it waits: limits, the termination oracle, and the files a person (or
+the dashboard) uses to stop or hold it.
+
+Owns: `StopConditions`, a small callable over the records so far that says which condition fired (an iteration,
+hour or GPU-hour limit, or convergence: the 95 % upper bound of the chance that an experiment still improves the
+best by more than ε falls below a threshold), and RUN_DIR/STOP and RUN_DIR/HOLD.
+Does not own: the estimate behind convergence (kit/bound.py) or the loop that asks (kit/loop.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit import bound
+from kit.ledger import Record
+from kit.run_state import CONFIRM_POLICY, NOISE_POLICY
+
+STOP_FILE, HOLD_FILE = "STOP", "HOLD"
+
+
+@dataclass(frozen=True)
+class StopConditions:
+    iterations: int | None = None
+    """Stop once the ledger holds this many records (noise-floor runs included)."""
+    hours: float | None = None
+    """Stop after this many wall-clock hours of this invocation."""
+    gpu_hours: float | None = None
+    """Stop once experiments on a GPU have taken this many hours in total, over the whole run."""
+    epsilon: float = 0.005
+    """The convergence oracle's ε: an improvement of the best val_bpb by more than this counts."""
+    convergence_threshold: float = 0.02
+    """Stop when the upper confidence bound of P(ε-improvement per experiment) falls below this."""
+    convergence_window: int = 60
+    """Recent experiments the convergence estimate looks at (and needs before it may fire)."""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "hours", "gpu_hours"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value=}")
+        if not (self.epsilon >= 0 and 0 < self.convergence_threshold < 1 and self.convergence_window >= 1):
+            raise ValueError(f"need epsilon >= 0, 0 < convergence_threshold < 1, convergence_window >= 1, got "
+                             f"{self.epsilon=}, {self.convergence_threshold=}, {self.convergence_window=}")
+
+    def __call__(self, records: list[Record], elapsed_seconds: float) -> str | None:
+        """Why the loop should stop now, in one line, or None."""
+        if self.iterations is not None and len(records) >= self.iterations:
+            return f"iterations: {len(records)} experiments recorded (limit {self.iterations})"
+        if self.hours is not None and elapsed_seconds >= self.hours * 3600:
+            return f"hours: {self.hours:g} h of wall-clock time spent"
+        if self.gpu_hours is not None:
+            spent = sum(r.total_seconds for r in records if r.fingerprint.get("device") == "cuda") / 3600
+            if spent >= self.gpu_hours:
+                return f"gpu-hours: {spent:.2f} GPU-hours spent (limit {self.gpu_hours:g})"
+        return self._converged(records)
+
+    def _converged(self, records: list[Record]) -> str | None:
+        agent = [r for r in records if r.policy not in (NOISE_POLICY, CONFIRM_POLICY)]
+        if len(agent) < self.convergence_window:
+            return None
+        # re-runs of a near miss are left out: they are not proposals, and a lucky seed is not an improvement
+        values = [r.val_bpb if r.status == "ok" else None for r in records if r.policy != CONFIRM_POLICY]
+        estimate = bound.improvement_probability(values, self.epsilon, window=self.convergence_window)
+        if estimate.upper >= self.convergence_threshold:
+            return None
+        return (f"converged: {estimate.successes}/{estimate.trials} recent experiments improved by more than "
+                f"ε={self.epsilon:g}; P(improvement) ≤ {estimate.upper:.3f} (95 % bound) < "
+                f"{self.convergence_threshold:g}")
+
+
+def stop_requested(run_dir: Path) -> str | None:
+    """Why to stop if RUN_DIR/STOP exists (it is removed: the next start runs again), else None."""
+    stop_file = Path(run_dir) / STOP_FILE
+    if not stop_file.exists():
+        return None
+    stop_file.unlink()
+    return f"stopped by the stop file {stop_file}"
+
+
+def wait_while_held(run_dir: Path, interrupted: Callable[[], bool], on_hold: Callable[[], None],
+                    poll: float = 0.5) -> None:
+    """Block while RUN_DIR/HOLD exists; a stop file or interrupted() ends the wait. on_hold is called once if it
+    holds at all (to say so)."""
+    hold, stop = Path(run_dir) / HOLD_FILE, Path(run_dir) / STOP_FILE
+    if not hold.exists():
+        return
+    on_hold()
+    while hold.exists() and not interrupted() and not stop.exists():
+        time.sleep(poll)
