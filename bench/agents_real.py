@@ -21,12 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from kit.agents_bench import REAL_CHECK as SECTION  # noqa: E402
-from kit.ledger import Ledger, Record, runs_of  # noqa: E402
-from kit.loop import CONFIRM_POLICY, NOISE_POLICY  # noqa: E402
+from kit import REPO_ROOT as REPO
+from kit.bench.agents import REAL_CHECK as SECTION
+from kit.ledger import Ledger, Record
+from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, runs_of
 
 
 def run_side_by_side(policies: list[str], hours: float, root: Path) -> float:

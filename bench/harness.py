@@ -27,12 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import prepare  # noqa: E402
-from kit.harness import HarnessConfig, run_experiment  # noqa: E402
-from kit.hyperparams import parse_hyperparameters  # noqa: E402
+import prepare
+from kit import REPO_ROOT as REPO
+from kit.harness import HarnessConfig, run_experiment
+from kit.hyperparams import parse_hyperparameters
 
 
 class PlainBlock(nn.Module):

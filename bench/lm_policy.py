@@ -26,13 +26,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from kit import edits  # noqa: E402
-from kit.lm_policy import LMPolicy, LMPolicyConfig  # noqa: E402
-from kit.memory import Experiment, Memory  # noqa: E402
-from kit.policy import State  # noqa: E402
+from kit import REPO_ROOT as REPO
+from kit import edits
+from kit.memory import Experiment, Memory
+from kit.policies import State
+from kit.policies.lm import LMPolicy, LMPolicyConfig
 
 # Shapes of public checkpoints (hidden, layers, heads, kv heads, MLP), used only when no weights are on the machine.
 SHAPES = {
@@ -134,6 +132,7 @@ def loop_iteration(model, tokenizer, config: LMPolicyConfig) -> str:
     import prepare
     from kit.ledger import Ledger
     from kit.loop import LoopConfig, run_loop
+    from kit.stopping import StopConditions
 
     prepare.prepare_data(prepare.get_profile("smoke"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +140,7 @@ def loop_iteration(model, tokenizer, config: LMPolicyConfig) -> str:
         tokenizer.save_pretrained(Path(tmp) / "lm")
         t0 = time.perf_counter()
         run_loop(LoopConfig(run_dir=Path(tmp) / "run", profile="smoke", policy="lm", lm_model=str(Path(tmp) / "lm"),
-                            iterations=2, noise_repeats=1))
+                            stop=StopConditions(iterations=2), noise_repeats=1))
         seconds = time.perf_counter() - t0
         with Ledger(Path(tmp) / "run", readonly=True) as ledger:
             record = ledger.records()[-1]

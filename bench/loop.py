@@ -5,7 +5,7 @@
 Each part of an iteration that is not training is timed on the real objects the loop uses, on the
 kit's real train.py: the proposal (observation, mask, policy forward, applying the edit), the gate,
 the reward, a PPO update on a full rollout buffer, a durable ledger append, a git commit. The per-
-experiment cost counts the PPO update at 1/ppo_every, since the loop updates once per ppo_every runs.
+experiment cost counts the PPO update at 1/num_steps, since the loop updates once per num_steps runs.
 """
 
 from __future__ import annotations
@@ -20,16 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from kit import edits, gate  # noqa: E402
-from kit.ledger import Ledger, Record  # noqa: E402
-from kit.loop import LoopConfig, _Git  # noqa: E402
-from kit.memory import Experiment, Memory, code_hash  # noqa: E402
-from kit.policy import State, make_policy  # noqa: E402
-from kit.ppo import PPOConfig, compute_gae, ppo_step  # noqa: E402
-from kit.reward import compute_reward  # noqa: E402
+from kit import REPO_ROOT as REPO
+from kit import edits, gate
+from kit.ledger import Ledger, Record
+from kit.memory import Experiment, Memory, code_hash
+from kit.policies import Setup, State, make_policy
+from kit.ppo import PPOConfig
+from kit.repo import TrainRepo
+from kit.reward import compute_reward
 
 REPEATS = 30
 
@@ -53,31 +51,28 @@ def main() -> int:
         memory.add(Experiment(index=i, code_hash=f"{i:064x}", description=f"edit {i}", status="ok",
                               val_bpb=float(2.5 + rng.random()), reward=float(rng.normal()), accepted=False))
     observation = lambda: np.concatenate([edits.config_vector(source, names), memory.observation()])  # noqa: E731
-    policy = make_policy("ppo", len(catalog), observation().size, edits.knobs(source), seed=0)
-    config = LoopConfig(run_dir=Path("unused"))
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo.learning_rate, eps=1e-5)
+    policy = make_policy("ppo", Setup(catalog=catalog, knobs=edits.knobs(source), observation_size=observation().size,
+                                      edit_features=edits.edit_features(source, catalog, names), ppo=PPOConfig()))
     curve = [(t * 0.4, 3.0 - t * 0.01) for t in range(150)]
 
+    def state() -> State:
+        return State(source=source, catalog=catalog, mask=edits.edit_mask(source, catalog),
+                     observation=observation().astype(np.float32), knobs=edits.knobs(source))
+
     def propose():
-        state = State(source=source, catalog=catalog, mask=edits.edit_mask(source, catalog),
-                      observation=observation().astype(np.float32), knobs=edits.knobs(source))
-        proposal = policy.propose(state)
+        proposal = policy.propose(state())
         candidate = edits.apply_edit(source, proposal.edit)
         return candidate, edits.unified_diff(source, candidate), code_hash(candidate)
 
     candidate, diff, digest = propose()
-    n = config.ppo_every
+    n = policy.rollout.cfg.num_steps
+    seen = state()
+    transitions = [(policy.propose(seen), float(rng.normal())) for _ in range(n)]
 
-    def ppo_update():
-        obs = torch.tensor(np.stack([observation() for _ in range(n)]), dtype=torch.float32)
-        masks = torch.tensor(np.stack([edits.edit_mask(source, catalog)] * n))
-        with torch.no_grad():
-            actions, logprobs, _, values = policy.get_action_and_value(obs, mask=masks)
-        advantages, returns = compute_gae(torch.randn(n), values.flatten(), torch.zeros(n), torch.tensor(0.0),
-                                          torch.tensor(0.0), config.ppo.gamma, config.ppo.gae_lambda)
-        batch = {"b_obs": obs, "b_actions": actions, "b_logprobs": logprobs, "b_advantages": advantages,
-                 "b_returns": returns, "b_values": values.flatten(), "b_masks": masks}
-        ppo_step(policy, batch, optimizer, PPOConfig())
+    def ppo_update():  # the rollout as the loop fills it: n transitions, the last one triggers the update
+        for proposal, reward in transitions:
+            policy.rollout.add(seen.observation, proposal.action, proposal.logprob, proposal.value, reward, seen.mask,
+                               next_obs=observation)
 
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "run")
@@ -85,7 +80,7 @@ def main() -> int:
                       commit=None, status="ok", reason="", val_bpb=2.6, reward=0.1, reward_parts={"accuracy": 0.1},
                       accepted=False, curve=curve, predictions=[], timings={}, policy_stats={}, fingerprint={},
                       peak_mem_mb=600.0, training_seconds=60.0, total_seconds=66.0, seed=1337, code_hash=digest)
-        git = _Git(Path(tmp) / "repo")
+        git = TrainRepo(Path(tmp) / "repo")
         git.init(source)
         versions = [source, candidate]
 

@@ -100,7 +100,7 @@ class LoopConfig:
             raise ValueError(f"policy must be one of {', '.join(REGISTRY)}, got {self.policy=}")
         for name in REGISTRY[self.policy].needs:
             if not getattr(self, name):
-                raise ValueError(f"the {self.policy} policy needs {name} (--{name.replace('_', '-')})")
+                raise ValueError(f"the {self.policy} policy needs {name}: give --{name.replace('_', '-')}")
         if self.budget is not None and not self.budget > 0:
             raise ValueError(f"budget must be positive, got {self.budget=}")
         if self.llm_url is not None and not self.llm_url.startswith(("http://", "https://")):

@@ -95,6 +95,8 @@ def wrap(argv: list[str], spec: SandboxSpec, backend: str) -> list[str]:
             "case $m in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue;; esac; "
             "mount -o remount,bind,ro \"$m\" 2>/dev/null || true; done")
         steps += [f"mount -t tmpfs -o ro tmpfs {shlex.quote(str(p))}" for p in spec.hidden]
+        # the working directory was entered before the mounts: enter it again, or it stays on the read-only view
+        steps.append('cd "$PWD"')
         # Root of the new user namespace could undo every mount above: drop all capabilities before exec.
         drop = 'exec setpriv --bounding-set=-all --inh-caps=-all --ambient-caps=-all -- "$@"'
         script = " && ".join(steps + [drop])

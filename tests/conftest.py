@@ -12,8 +12,7 @@ os.environ["AUTORESEARCH_DATA"] = str(_DATA_ROOT)
 os.environ.pop("AUTORESEARCH_PROFILE", None)
 os.environ.pop("AUTORESEARCH_HANDOFF", None)
 
-REPO = Path(__file__).resolve().parent.parent
-TRAIN_PY = REPO / "train.py"
+from .helpers import TRAIN_PY  # noqa: E402 - after the environment above
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from kit.dashboard import Dashboard, read_snapshot, render_png, run_notebook_loop
 from kit.ledger import Ledger, Record
-from kit.loop import HOLD_FILE, STOP_FILE, LoopConfig, ResearchLoop
+from kit.loop import LoopConfig, ResearchLoop
+from kit.stopping import HOLD_FILE, STOP_FILE, StopConditions
 
 
 def record(iteration: int, status: str, val_bpb, accepted=False, policy="ppo", reward=0.1) -> Record:
@@ -62,7 +63,8 @@ def test_render_handles_an_empty_run_directory(tmp_path: Path):
 def test_buttons_hold_and_stop_a_real_loop(tmp_path: Path, smoke_data):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    loop = ResearchLoop(LoopConfig(run_dir=run_dir, profile="smoke", policy="random", iterations=3))
+    loop = ResearchLoop(LoopConfig(run_dir=run_dir, profile="smoke", policy="random",
+                                   stop=StopConditions(iterations=3)))
     dashboard = Dashboard(run_dir)
     dashboard.pause()
     assert (run_dir / HOLD_FILE).exists() and "on hold" in dashboard.snapshot.state
@@ -84,7 +86,8 @@ def test_live_mode_runs_the_loop_in_the_background_and_shows_the_dashboard(tmp_p
     run_dir = tmp_path / "live"
     (run_dir).mkdir()
     (run_dir / HOLD_FILE).touch()  # held from the start, so the test needs no training run
-    live = run_notebook_loop(LoopConfig(run_dir=run_dir, profile="smoke", policy="random", iterations=2),
+    live = run_notebook_loop(LoopConfig(run_dir=run_dir, profile="smoke", policy="random",
+                                        stop=StopConditions(iterations=2)),
                              live=True, refresh=0.2, display=shown.append)
     assert shown == [live.dashboard.widget]
     time.sleep(1)

@@ -25,7 +25,7 @@ from kit.edits import (
 )
 from kit.gate import check_source
 
-from .conftest import TRAIN_PY
+from .helpers import TRAIN_PY
 
 REAL = TRAIN_PY.read_text()
 

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from kit.harness import HarnessConfig, Status, run_experiment
+from kit.harness import HarnessConfig, run_experiment
+from kit.results import Status
 
-from .conftest import REPO, TRAIN_PY
+from .helpers import REPO, TRAIN_PY
 
 SMOKE = HarnessConfig(profile="smoke")
 

@@ -1,4 +1,4 @@
-"""The ledger: exact round trips, durability across a SIGKILL, one writer, meta state, and the report files."""
+"""kit.ledger: exact round trips, durability across a SIGKILL, one writer, finished records that never change, meta."""
 
 import dataclasses
 import json
@@ -11,27 +11,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from kit.harness import Status
-from kit.ledger import TSV_HEADER, Ledger, LedgerConfig, LedgerLocked, Record, tsv_status, write_report
+from kit.ledger import Ledger, LedgerConfig, LedgerLocked, Record
+from kit.results import Status
 
-from .conftest import REPO
+from .helpers import REPO, make_record
 
 LOCKED = "another loop is running on this run directory"
-
-
-def make_record(**changes) -> Record:
-    """A record with every field set to something that a lossy store would mangle."""
-    values = dict(
-        iteration=3, policy="ppo", description="MATRIX_LR ×1.25 — ünïcode", diff="--- a\n+++ b\n@@ -1 +1 @@\n-x\n+y\n",
-        parent_commit="0123456789abcdef0123456789abcdef01234567", commit="fedcba9876543210fedcba9876543210fedcba98",
-        status="ok", reason="", val_bpb=1.0 / 3.0, reward=0.1 + 0.2, reward_parts={"accuracy": 0.1 + 0.2, "efficiency": -1e-300},
-        accepted=True, curve=[[0.5, 5.55], [1.0, 4.125], [1.5, 3.0000000000000004]],
-        predictions=[{"t": 1.0, "predicted": 2.5, "params": [1.5, 0.3, 2.0]}], timings={"train": 61.25, "eval": 2.0},
-        policy_stats={"logprob": -2.302585092994046, "value": 0.7, "action": 17}, peak_mem_mb=12345.678,
-        fingerprint={"profile": "smoke", "torch": "2.13.0", "device": "cpu", "budget": 5.0},
-        training_seconds=60.00000000000001, total_seconds=75.5, seed=2**62 + 7, code_hash="ab" * 32)
-    values.update(changes)
-    return Record(**values)
 
 
 def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -182,87 +167,3 @@ def test_meta_values_round_trip(tmp_path):
         assert reader.get_meta("strikes") == 0 and reader.get_meta("next_iteration") == 4
         assert reader.get_meta("pair") == [1, 2]  # JSON has no tuples
         assert reader.get_meta("missing") is None and reader.get_meta("missing", {"a": 1}) == {"a": 1}
-
-
-RUNS = [  # (status, accepted, val_bpb, expected results.tsv status)
-    ("ok", True, 1.500000, "keep"),
-    ("ok", False, 1.520000, "discard"),
-    ("pruned", False, None, "discard"),
-    ("crash", False, None, "crash"),
-    ("ok", True, 1.250000, "keep"),
-    ("timeout", False, None, "crash"),
-    ("rejected", False, None, "crash"),
-    ("tampered", False, 0.100000, "crash"),  # a tampered run's number is never reported
-    ("pruned", False, 1.400000, "discard"),
-    ("ok", False, 4.0, "discard"),
-]
-
-
-def _report(tmp_path):
-    with Ledger(tmp_path) as ledger:
-        for i, (status, accepted, val_bpb, _) in enumerate(RUNS):
-            ledger.append(make_record(iteration=i, status=status, accepted=accepted, val_bpb=val_bpb,
-                                      reason="" if status == "ok" else f"{status} because\nof things",
-                                      description=f"try\t{i}\nthings", peak_mem_mb=2048.0 if val_bpb else None))
-        return ledger.records(), write_report(tmp_path / "report", ledger)
-
-
-def test_results_tsv_has_autoresearchs_columns_and_one_row_per_record(tmp_path):
-    records, paths = _report(tmp_path)
-    assert set(paths) == {"results.tsv", "progress.png", "summary.md"}
-    lines = paths["results.tsv"].read_text().splitlines()
-    assert lines[0] == TSV_HEADER == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
-    rows = [line.split("\t") for line in lines[1:]]
-    assert len(rows) == len(RUNS) and all(len(row) == 5 for row in rows)
-    assert [row[3] for row in rows] == [expected for *_, expected in RUNS] == [tsv_status(r) for r in records]
-    assert rows[0] == ["fedcba9", "1.500000", "2.0", "keep", "try 0 things"]
-    assert rows[4][:4] == ["fedcba9", "1.250000", "2.0", "keep"]
-    assert rows[8][1:4] == ["1.400000", "2.0", "discard"]
-    for row, (status, *_rest, word) in zip(rows, RUNS, strict=True):
-        if word == "crash":  # autoresearch zeroes the numbers of a crash and says what happened
-            assert row[1:3] == ["0.000000", "0.0"] and f"({status}: {status} because of things)" in row[4]
-
-
-def test_progress_png_is_a_real_image(tmp_path):
-    from matplotlib.image import imread
-
-    _, paths = _report(tmp_path)
-    data = paths["progress.png"].read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    image = imread(paths["progress.png"])
-    assert image.shape[:2] == (600, 1200) and image[..., :3].std() > 0.05  # drawn on, not a blank canvas
-    assert not list(paths["progress.png"].parent.glob(".*.tmp"))  # written through a rename, nothing left over
-
-
-def test_summary_states_counts_and_the_best_val_bpb(tmp_path):
-    _, paths = _report(tmp_path)
-    text = paths["summary.md"].read_text()
-    assert "10 experiments: 2 kept, 4 discarded, 4 crashed." in text
-    for status, count in {"ok": 4, "pruned": 2, "crash": 1, "timeout": 1, "rejected": 1, "tampered": 1}.items():
-        assert f"| {status} | {count} |" in text
-    assert "Best val_bpb: **1.250000** (iteration 4, keep, policy ppo): try 4 things" in text
-    assert "First ok run: 1.500000 (iteration 0); the best improves on it by 0.250000 (16.67%)." in text
-    assert "Time: 0h 10m 00s training" in text and "Policies: ppo 10." in text
-
-
-def test_a_report_of_an_empty_ledger(tmp_path):
-    with Ledger(tmp_path) as ledger:
-        paths = write_report(tmp_path, ledger)
-    assert paths["results.tsv"].read_text() == TSV_HEADER + "\n"
-    assert paths["progress.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "0 experiments: 0 kept, 0 discarded, 0 crashed." in paths["summary.md"].read_text()
-    assert "none yet" in paths["summary.md"].read_text()
-
-
-def test_summary_judges_the_kept_train_py_by_the_mean_of_its_runs(tmp_path):
-    baseline, edit = "aa" * 32, "bb" * 32
-    rows = [(2.50, baseline, True), (2.52, baseline, False), (2.48, baseline, False),  # the noise floor
-            (2.30, "cc" * 32, False),  # a lucky run never kept: the best single run, not what train.py is now
-            (2.46, edit, False), (2.44, edit, True)]  # a near miss and the re-run that kept it
-    with Ledger(tmp_path) as ledger:
-        for i, (value, digest, accepted) in enumerate(rows, start=1):
-            ledger.append(make_record(iteration=i, val_bpb=value, code_hash=digest, accepted=accepted))
-        text = write_report(tmp_path, ledger)["summary.md"].read_text()
-    assert "Best val_bpb: **2.300000**" in text
-    assert ("train.py now: mean val_bpb **2.450000** over 2 run(s), against the baseline's 2.500000 over 3: "
-            "+0.050000 (+2.00%), 1 edit(s) kept.") in text

@@ -1,4 +1,5 @@
-"""The research loop end to end on the smoke profile: every policy, the report, rollback, pause, stop, resume."""
+"""kit.loop: the research loop end to end: every policy on the smoke profile, the report, rollback, pause, stop,
+resume after SIGKILL, near misses re-run under new seeds, the convergence oracle, and one-line errors."""
 
 import os
 import random
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kit.ledger import TSV_HEADER, Ledger
-from kit.loop import CONFIRM_POLICY, NOISE_POLICY, LoopConfig, run_loop
+from kit.ledger import Ledger
+from kit.loop import CANDIDATE_FILE, ResumeError, run_loop
 from kit.memory import code_hash
+from kit.report import TSV_HEADER
+from kit.run_state import CONFIRM_POLICY, NOISE_POLICY
 
-from .conftest import REPO
+from .helpers import REPO, TRAIN_PY, StandIn, flat, ledger_records, loop_config
 
 FAST = ["--profile", "smoke", "--budget", "1.5"]
 
@@ -26,15 +29,14 @@ def _kit_loop(run_dir, *args, timeout=900):
 
 
 def _check_run_dir(run_dir: Path, expected: int) -> list:
-    with Ledger(run_dir, readonly=True) as ledger:
-        records = ledger.records()
-    assert [r.iteration for r in records] == list(range(1, expected + 1))
+    ran = ledger_records(run_dir)
+    assert [r.iteration for r in ran] == list(range(1, expected + 1))
     rows = (run_dir / "results.tsv").read_text().splitlines()
     assert rows[0] == TSV_HEADER and len(rows) == expected + 1
     assert (run_dir / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "val_bpb" in (run_dir / "summary.md").read_text()
     # train.py on the branch is the last accepted one, and every accepted record is a commit of it
-    accepted = [r for r in records if r.accepted]
+    accepted = [r for r in ran if r.accepted]
     assert accepted, "the first noise-floor run (the baseline) is always kept"
     head = subprocess.run(["git", "-C", str(run_dir / "repo"), "rev-parse", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()
@@ -42,10 +44,10 @@ def _check_run_dir(run_dir: Path, expected: int) -> list:
     assert code_hash((run_dir / "repo" / "train.py").read_text()) == accepted[-1].code_hash
     # each kept train.py is measured by the mean of its ok runs (the noise floor's for the baseline); the means only
     # go down
-    means = [statistics.fmean(r.val_bpb for r in records if r.code_hash == a.code_hash and r.status == "ok")
+    means = [statistics.fmean(r.val_bpb for r in ran if r.code_hash == a.code_hash and r.status == "ok")
              for a in accepted]
     assert all(a > b for a, b in zip(means, means[1:], strict=False)), "kept edits only improve"
-    return records
+    return ran
 
 
 @pytest.mark.slow
@@ -54,25 +56,24 @@ def test_every_policy_runs_eight_iterations_and_reports(smoke_data, policy, tmp_
     done = _kit_loop(tmp_path / "run", "--policy", policy, "--iterations", "8")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "iterations: 8 experiments recorded" in done.stdout
-    records = _check_run_dir(tmp_path / "run", 8)
-    assert sum(r.policy == NOISE_POLICY for r in records) == 3
-    agent = [r for r in records if r.policy == policy]
-    assert len(agent) + sum(r.policy == CONFIRM_POLICY for r in records) == 5 and agent
+    ran = _check_run_dir(tmp_path / "run", 8)
+    assert sum(r.policy == NOISE_POLICY for r in ran) == 3
+    agent = [r for r in ran if r.policy == policy]
+    assert len(agent) + sum(r.policy == CONFIRM_POLICY for r in ran) == 5 and agent
     assert all(r.description for r in agent)
     assert all(r.diff.startswith("---") for r in agent if r.status != "rejected" or "duplicate" in r.reason)
-    assert all(isinstance(r.reward, float) for r in records)
+    assert all(isinstance(r.reward, float) for r in ran)
 
 
 def test_a_baseline_that_always_fails_pauses_after_three_and_resumes(smoke_data, baseline_source, tmp_path):
     broken = tmp_path / "train.py"
     broken.write_text(baseline_source.replace("t_start = time.time()", "t_start = time.time()\nraise ValueError('broken')"))
     run_dir = tmp_path / "run"
-    config = LoopConfig(run_dir=run_dir, profile="smoke", policy="random", budget=1.0, train_py=broken)
-    reason = run_loop(config)
+    reason = run_loop(loop_config(tmp_path, budget=1.0, train_py=broken, early_stopping="same-progress"))
     assert reason.startswith("paused: 3 failures in a row (last: crash: ValueError: broken)")
     assert (run_dir / "PAUSED").exists()
     # running again resumes: the pause is lifted, the strikes start over
-    again = LoopConfig(run_dir=run_dir, profile="smoke", policy="random", budget=1.0, train_py=broken, iterations=4)
+    again = loop_config(tmp_path, iterations=4, budget=1.0, train_py=broken, early_stopping="same-progress")
     assert run_loop(again).startswith("iterations: 4")
     assert not (run_dir / "PAUSED").exists()
 
@@ -81,7 +82,7 @@ def test_the_stop_file_stops_before_the_next_experiment(smoke_data, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "STOP").write_text("")
-    reason = run_loop(LoopConfig(run_dir=run_dir, profile="smoke", policy="random", budget=1.0))
+    reason = run_loop(loop_config(tmp_path, budget=1.0))
     assert reason == f"stopped by the stop file {run_dir.resolve() / 'STOP'}"
     assert not (run_dir / "STOP").exists()
     with Ledger(run_dir, readonly=True) as ledger:
@@ -137,17 +138,84 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_to_the_same_totals(
 
 
 def test_the_convergence_oracle_fires_when_improvements_stop(smoke_data, tmp_path):
-    """A stand-in harness whose every run scores the same: no ε-improvement, so the oracle must stop the loop."""
-    from kit.harness import RunResult, Status
+    """A stand-in world whose every run scores the same: no ε-improvement, so the oracle must stop the loop."""
+    from kit.stopping import StopConditions
 
-    def flat(source, run_dir, config, monitor=None):
-        return RunResult(status=Status.OK, val_bpb=2.5, reason="", training_seconds=1.0, total_seconds=1.0,
-                         peak_mem_mb=1.0, num_steps=3, curve=((0.5, 3.0), (1.0, 2.9)), fingerprint={"device": "cpu"},
-                         seed=0, run_dir=str(run_dir))
-
-    config = LoopConfig(run_dir=tmp_path / "run", profile="smoke", policy="random", convergence_window=40,
-                        convergence_threshold=0.1, iterations=500)
+    config = loop_config(tmp_path, stop=StopConditions(iterations=500, convergence_window=40,
+                                                       convergence_threshold=0.1))
     reason = run_loop(config, environment=flat)
     assert reason.startswith("converged: 0/40 recent experiments improved by more than ε=0.005")
     with Ledger(tmp_path / "run", readonly=True) as ledger:
         assert len(ledger) == 3 + 40  # the noise floor, then exactly the window
+
+
+# near misses: re-run under new seeds, kept on the mean ------------------------------------------------------------
+
+
+def test_a_near_miss_confirmed_under_a_new_seed_is_kept(tmp_path):
+    world = StandIn(TRAIN_PY.read_text(), first=2.47, later=2.47)
+    run_loop(loop_config(tmp_path, iterations=5), environment=world)
+    records = ledger_records(tmp_path / "run")
+    assert [r.policy for r in records] == [NOISE_POLICY] * 3 + ["random", CONFIRM_POLICY]
+    first, again = records[3], records[4]
+    assert not first.accepted and again.accepted and again.commit
+    assert again.code_hash == first.code_hash and again.seed == world.frozen + 1
+    assert "run 2 of at most 3" in again.description
+    assert code_hash((tmp_path / "run" / "repo" / "train.py").read_text()) == first.code_hash
+    assert not (tmp_path / "run" / CANDIDATE_FILE).exists()
+
+
+def test_a_lucky_first_run_is_found_out_and_dropped(tmp_path):
+    baseline = TRAIN_PY.read_text()
+    run_loop(loop_config(tmp_path, iterations=5), environment=StandIn(baseline, first=2.47, later=2.56))
+    records = ledger_records(tmp_path / "run")
+    assert records[4].policy == CONFIRM_POLICY and not records[4].accepted
+    assert (tmp_path / "run" / "repo" / "train.py").read_text() == baseline
+
+
+def test_without_confirmations_a_near_miss_is_simply_not_kept(tmp_path):
+    world = StandIn(TRAIN_PY.read_text(), first=2.47, later=2.47)
+    run_loop(loop_config(tmp_path, iterations=6, confirm_runs=0), environment=world)
+    assert [r.policy for r in ledger_records(tmp_path / "run")][3:] == ["random"] * 3
+    assert not any(r.accepted for r in ledger_records(tmp_path / "run")[3:])
+
+
+def test_a_loop_stopped_between_a_near_miss_and_its_confirmation_resumes_it(tmp_path):
+    world = StandIn(TRAIN_PY.read_text(), first=2.47, later=2.47)
+    run_loop(loop_config(tmp_path, iterations=4), environment=world)
+    assert (tmp_path / "run" / CANDIDATE_FILE).exists()
+    run_loop(loop_config(tmp_path, iterations=5), environment=world)
+    records = ledger_records(tmp_path / "run")
+    assert records[4].policy == CONFIRM_POLICY and records[4].accepted
+    assert records[4].code_hash == records[3].code_hash
+
+
+def test_a_policy_checkpoint_of_another_shape_stops_the_resume_with_what_to_do(tmp_path):
+    import torch
+
+    world = StandIn(TRAIN_PY.read_text(), first=2.47, later=2.47)
+    run_loop(loop_config(tmp_path, iterations=4, policy="ppo"), environment=world)
+    checkpoint = tmp_path / "run" / "policy.pt"
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["policy"] = {"actor.0.weight": torch.zeros(3, 3)}  # as an older kit's actor would have saved it
+    torch.save(saved, checkpoint)
+    with pytest.raises(ResumeError, match="move it away to start the policy afresh"):
+        run_loop(loop_config(tmp_path, iterations=5, policy="ppo"), environment=world)
+    assert len(ledger_records(tmp_path / "run")) == 4  # nothing recorded is lost or added
+
+
+def test_the_cli_says_so_in_one_line(smoke_data, tmp_path, capsys):
+    import torch
+
+    from kit.cli import main
+
+    run_loop(loop_config(tmp_path, iterations=4, policy="ppo"),
+             environment=StandIn(TRAIN_PY.read_text(), first=2.47, later=2.47))
+    checkpoint = tmp_path / "run" / "policy.pt"
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["policy"] = {"actor.0.weight": torch.zeros(3, 3)}
+    torch.save(saved, checkpoint)
+    code = main(["loop", "--profile", "smoke", "--policy", "ppo", "--iterations", "5", "--run-dir",
+                 str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "move it away" in err

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kit.harness import REPO_ROOT
+from kit import REPO_ROOT
 from kit.ledger import Ledger
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -45,6 +45,7 @@ def test_every_notebook_is_thin():
         for cell in code:
             assert not any(line.lstrip().startswith(("def ", "class ")) for line in cell.source.splitlines()), \
                 f"{path.name} defines a function or class; put it in kit/"
+            assert "sys.path" not in cell.source, f"{path.name} edits sys.path; the kit is installed (pip install -e .)"
 
 
 def test_setup_notebook(tmp_path: Path, smoke_data):

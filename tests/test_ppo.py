@@ -1,12 +1,14 @@
-"""kit.ppo: GAE against hand-computed values, and a PPO step that lowers the loss and follows the advantages."""
+"""kit.ppo: GAE against hand-computed values, a PPO step that lowers the loss and follows the advantages, and the
+rollout that feeds it."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from kit.policy import OperatorPolicy
-from kit.ppo import PPOConfig, compute_gae, make_batch, make_optimizer, ppo_loss, ppo_step
+from kit.policies.operator import OperatorPolicy
+from kit.ppo import PPOConfig, Rollout, compute_gae, make_batch, make_optimizer, ppo_loss, ppo_step
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +23,7 @@ def one_thread():
 def test_config_validates():
     PPOConfig()
     for bad in ({"clip_coef": -0.1}, {"gamma": 1.5}, {"update_epochs": 0}, {"num_minibatches": 1.5},
-                {"target_kl": 0.0}, {"learning_rate": math.nan}):
+                {"target_kl": 0.0}, {"learning_rate": math.nan}, {"num_steps": 1}):
         with pytest.raises(ValueError, match="got"):
             PPOConfig(**bad)
 
@@ -125,3 +127,30 @@ def test_ppo_step_rejects_an_incomplete_batch():
     cfg = PPOConfig()
     with pytest.raises(ValueError, match="b_returns"):
         ppo_step(policy, {"b_obs": torch.zeros(2, 2)}, make_optimizer(policy, cfg), cfg)
+
+
+def test_the_rollout_is_gae_bootstrapped_from_the_next_state_then_one_ppo_step():
+    """Rollout.add four times does what the update's math says: the batch of those transitions, advantages
+    bootstrapped from the critic's value of the state after the last one (the task does not end), one ppo_step."""
+    cfg = PPOConfig(num_steps=4, learning_rate=1e-2)
+    obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    masks = np.ones((4, 5), dtype=bool)
+    a, b = OperatorPolicy(3, 5, seed=4), OperatorPolicy(3, 5, seed=4)
+    with torch.no_grad():
+        actions, logprobs, _, values = a.get_action_and_value(torch.from_numpy(obs[:4]))
+    rewards = [0.5, -1.0, 0.25, 1.0]
+    rollout = Rollout(a, cfg)
+    torch.manual_seed(11)  # ppo_step shuffles with the global generator
+    stats = [rollout.add(obs[t], int(actions[t]), float(logprobs[t]), float(values[t]), rewards[t], masks[t],
+                         next_obs=lambda: obs[4]) for t in range(4)]
+    assert stats[:3] == [{}, {}, {}] and "losses/policy_loss" in stats[3] and rollout.buffer == []
+
+    with torch.no_grad():
+        next_value = b.get_value(torch.from_numpy(obs[4])[None]).item()
+    batch = make_batch(obs[:4], actions.numpy(), logprobs.numpy(), rewards, values.view(-1).numpy(), np.zeros(4),
+                       next_value, 0.0, cfg, masks=masks)
+    torch.manual_seed(11)
+    expected = ppo_step(b, batch, make_optimizer(b, cfg), cfg)
+    assert stats[3] == expected
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kit import edits
-from kit.harness import REPO_ROOT, HarnessConfig, Status, run_experiment
+from kit import REPO_ROOT, edits
+from kit.harness import HarnessConfig, run_experiment
 from kit.predictor import (
     EarlyStopper,
     PowerLawConfig,
@@ -14,6 +14,7 @@ from kit.predictor import (
     fit_power_law,
     make_rule,
 )
+from kit.results import Status
 
 BUDGET = 60.0
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from kit.harness import Status
+from kit.results import Status
 from kit.reward import Reward, RewardConfig, compute_reward, efficiency_score, stability_score
 
 # ten points; the last two (20% of 10) have losses 2.0 and 2.2: population variance 0.01

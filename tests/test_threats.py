@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,9 +24,10 @@ from pathlib import Path
 import pytest
 
 from kit import sandbox
-from kit.harness import LOG_LIMIT_BYTES, HarnessConfig, Status, run_experiment
+from kit.harness import LOG_LIMIT_BYTES, HarnessConfig, run_experiment
+from kit.results import Status
 
-from .conftest import REPO
+from .helpers import REPO
 
 BACKENDS = ["bwrap", "unshare"]
 
@@ -223,13 +226,14 @@ def test_reading_validation_data_through_an_unmount(smoke_data, backend_name, tm
 
 
 def test_forged_summary_is_ignored(smoke_data, baseline_source, baseline_run, tmp_path):
-    forged = """hand_off(model)
-val_bpb = 0.000001
-print("val_bpb: 0.000001")
+    # before the hand-off, so it is printed and written for sure: the harness ends train.py at its hand-off line
+    forged = """print("---")
+print("val_bpb:          0.000001")
 with open("run.log", "w") as f:
     f.write("---\\nval_bpb:          0.000001\\n")
 with open("result.json", "w") as f:
-    f.write('{"status": "ok", "val_bpb": 0.000001, "reason": ""}')"""
+    f.write('{"status": "ok", "val_bpb": 0.000001, "reason": ""}')
+val_bpb = hand_off(model)"""
     source = baseline_source.replace("val_bpb = hand_off(model)", forged)
     assert source != baseline_source
     result = _run(source, tmp_path, budget=1, run_gate=False)
@@ -267,12 +271,23 @@ with zipfile.ZipFile(path, "w") as archive:
 """
 
 
+# The harness ends train.py at its hand-off line, so the forgery comes between the export and that line: the export's
+# own line is swallowed (stdout redirected to nothing), the file rewritten, then the line printed by hand.
+SILENT_HAND_OFF = """\
+import contextlib
+with contextlib.redirect_stdout(None):
+    prepare.hand_off(model)
+"""
+HANDED_OFF = 'print("@handoff {}", flush=True)\n'
+
+
 @pytest.mark.parametrize("layers", ["evaluator only (gate off)", "all layers (gate on, via prepare.subprocess)"])
 def test_forged_hand_off_cannot_run_code_in_the_evaluator(smoke_data, layers, tmp_path):
     if layers.startswith("evaluator"):
-        source, gate_on = MODEL + HAND_OFF + FORGE_HAND_OFF, False
+        source, gate_on = MODEL + SILENT_HAND_OFF + FORGE_HAND_OFF + HANDED_OFF, False
     else:  # the gate lets a module re-exported by prepare through, and the run directory is writable
-        source = MODEL + HAND_OFF + f"prepare.subprocess.run([prepare.sys.executable, '-c', {FORGE_HAND_OFF!r}])\n"
+        source = (MODEL + SILENT_HAND_OFF + f"prepare.subprocess.run([prepare.sys.executable, '-c', {FORGE_HAND_OFF!r}])\n"
+                  + HANDED_OFF)
         gate_on = True
     result = _run(source, tmp_path, budget=1, run_gate=gate_on)
     assert result.val_bpb != 0.01
@@ -328,6 +343,29 @@ with open(prepare.data_dir(prepare.PROFILE) / "train" / "train.bin", "ab") as f:
     assert train_bin.stat().st_size == (smoke_data / "train" / "train.bin").stat().st_size + 2  # it was written
     assert result.status is Status.TAMPERED, result.reason
     assert str(train_bin) in result.reason and result.val_bpb is None
+
+
+def test_editing_a_file_of_a_kit_subpackage_is_tampered(smoke_data, tmp_path):
+    """Every source file of the kit is frozen, subpackages included: a run that edits kit/bench/__init__.py of a
+    copy of the kit (run from that copy, no gate, no sandbox) is tampered."""
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    shutil.copy(REPO / "prepare.py", copy)
+    shutil.copytree(REPO / "kit", copy / "kit", ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / "kit" / "bench" / "__init__.py"
+    source = MODEL + f"""
+with open({str(target)!r}, "a") as f:
+    f.write("# edited by train.py")
+""" + HAND_OFF
+    runner = ("import json, sys; from kit.harness import HarnessConfig, run_experiment; "
+              "r = run_experiment(sys.stdin.read(), sys.argv[1], HarnessConfig(profile='smoke', budget=1, "
+              "run_gate=False, sandbox='none')); print(json.dumps([r.status.value, r.reason]))")
+    done = subprocess.run([sys.executable, "-c", runner, str(tmp_path / "run")], input=source, cwd=copy,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    status, reason = json.loads(done.stdout.strip().splitlines()[-1])
+    assert target.read_text().endswith("# edited by train.py")  # it was written
+    assert status == "tampered" and str(target) in reason, reason
 
 
 REMOUNT_WRITE = """\

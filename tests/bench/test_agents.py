@@ -1,14 +1,14 @@
-"""kit.agents_bench: policies through the real loop on the synthetic world; the report's tables and test."""
+"""kit.bench.agents: policies through the real loop on the synthetic world; the report's tables and test."""
 
 import math
 from pathlib import Path
 
 import pytest
 
-from kit import agents_bench
-from kit.__main__ import main
-from kit.environments import SyntheticConfig, SyntheticEnvironment
-from kit.harness import REPO_ROOT
+from kit import REPO_ROOT
+from kit.bench import agents
+from kit.bench.environments import SyntheticConfig, SyntheticEnvironment
+from kit.cli import main
 
 BASELINE = (REPO_ROOT / "train.py").read_text()
 
@@ -18,11 +18,11 @@ ENV = SyntheticEnvironment(BASELINE, SyntheticConfig(seed=1))
 
 @pytest.fixture(scope="module")
 def trajectories():
-    return agents_bench.run_all(["random", "tpe"], 3, ENV, 26, ENV.config.budget, log=lambda *_: None, jobs=2)
+    return agents.run_all(["random", "tpe"], 3, ENV, 26, ENV.config.budget, log=lambda *_: None, jobs=2)
 
 
 def test_worker_processes_give_what_one_process_gives(trajectories, tmp_path: Path):
-    alone = agents_bench.run_one("tpe", 1, ENV, 26, ENV.config.budget, tmp_path)
+    alone = agents.run_one("tpe", 1, ENV, 26, ENV.config.budget, tmp_path)
     pooled = next(t for t in trajectories if t.policy == "tpe" and t.seed == 1)
     assert alone.best == pooled.best and alone.found == pooled.found
     assert [(t.policy, t.seed) for t in trajectories] == [(p, s) for p in ("random", "tpe") for s in range(3)]
@@ -43,25 +43,25 @@ def test_trajectories_are_best_so_far_and_start_from_the_noise_floor(trajectorie
 
 
 def test_report_has_a_row_per_policy_and_a_test_against_the_peer(trajectories, tmp_path: Path):
-    out = agents_bench.write_report(trajectories, tmp_path / "agents.md", ["# test"])
+    out = agents.write_report(trajectories, tmp_path / "agents.md", ["# test"])
     text = out.read_text()
     for policy in ("random", "tpe"):
         assert sum(line.startswith(f"| {policy} |") for line in text.splitlines()) == 3
     assert "after 25" in text and out.with_suffix(".png").stat().st_size > 0
-    peer, p = agents_bench.significance(trajectories, "tpe", 26)
+    peer, p = agents.significance(trajectories, "tpe", 26)
     assert peer == "random" and 0 <= p <= 1
 
 
 def test_a_new_report_keeps_the_real_check_section(trajectories, tmp_path: Path):
     out = tmp_path / "agents.md"
-    out.write_text(f"# old\n\n{agents_bench.REAL_CHECK}\n\n| ppo | 1 |\n")
-    text = agents_bench.write_report(trajectories, out, ["# new"]).read_text()
+    out.write_text(f"# old\n\n{agents.REAL_CHECK}\n\n| ppo | 1 |\n")
+    text = agents.write_report(trajectories, out, ["# new"]).read_text()
     assert text.startswith("# new") and "# old" not in text
-    assert text.endswith(f"{agents_bench.REAL_CHECK}\n\n| ppo | 1 |\n")
+    assert text.endswith(f"{agents.REAL_CHECK}\n\n| ppo | 1 |\n")
 
 
 def test_each_policy_is_tested_against_every_other_on_both_measures(trajectories):
-    rows = agents_bench.against_each(trajectories, "random", 26)
+    rows = agents.against_each(trajectories, "random", 26)
     assert [r[0] for r in rows] == ["tpe"] and all(0 <= p <= 1 for p in rows[0][1:])
 
 
@@ -73,8 +73,8 @@ def test_cli_refuses_bad_policies_and_missing_curves(tmp_path: Path, capsys):
 
 
 def test_a_loop_that_pauses_after_failures_is_resumed_until_it_has_its_experiments(tmp_path: Path):
-    from kit.environments import simulated_result
-    from kit.harness import Status
+    from kit.bench.environments import simulated_result
+    from kit.results import Status
 
     def failing(source, run_dir, config, monitor=None):  # the baseline runs; every edit times out
         if source == BASELINE:
@@ -82,5 +82,5 @@ def test_a_loop_that_pauses_after_failures_is_resumed_until_it_has_its_experimen
                                     60.0, 66.0)
         return simulated_result("test", 60.0, 0, run_dir, Status.TIMEOUT, "killed", (), None, 60.0, 90.0)
 
-    t = agents_bench.run_one("random", 0, failing, 9, 60.0, tmp_path)
+    t = agents.run_one("random", 0, failing, 9, 60.0, tmp_path)
     assert len(t.best) == 9 and t.statuses == {"timeout": 9} and t.pauses == 2  # 3 failures in a row, 3 times

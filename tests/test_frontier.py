@@ -1,14 +1,13 @@
-"""A catalog policy never repeats an experiment: once the incumbent's edits are used up it edits the best run not
-kept, so edits combine."""
+"""kit.frontier: a catalog policy never repeats an experiment; once the incumbent's edits are used up it edits the
+best run not kept, so edits combine."""
 
 from kit import edits
 from kit.memory import code_hash
 
-from .conftest import REPO
-from .test_acceptance import _config, _records, _StandIn
+from .helpers import REPO, StandIn, ledger_records, loop_config
 
 
-class _Flat(_StandIn):
+class _Flat(StandIn):
     """Every edit lands well above the baseline (nothing is kept), each at its own value."""
 
     def __init__(self, baseline: str):
@@ -43,5 +42,5 @@ def test_edits_of_the_best_run_follow_once_the_incumbents_are_used_up(tmp_path):
 def _run(tmp_path, baseline, iterations):
     from kit.loop import run_loop
 
-    run_loop(_config(tmp_path, iterations=iterations, confirm_runs=0), environment=_Flat(baseline))
-    return _records(tmp_path)
+    run_loop(loop_config(tmp_path, iterations=iterations, confirm_runs=0), environment=_Flat(baseline))
+    return ledger_records(tmp_path / "run")

@@ -2,10 +2,10 @@
 
 import importlib.util
 
-from kit.harness import REPO_ROOT
+from kit import REPO_ROOT
 from kit.loop import run_loop
 
-from .test_acceptance import _config, _StandIn
+from ..helpers import StandIn, loop_config
 
 spec = importlib.util.spec_from_file_location("agents_real", REPO_ROOT / "bench" / "agents_real.py")
 agents_real = importlib.util.module_from_spec(spec)
@@ -13,8 +13,8 @@ spec.loader.exec_module(agents_real)
 
 
 def test_the_summary_comes_from_the_ledger_and_replaces_only_its_section(tmp_path):
-    world = _StandIn((REPO_ROOT / "train.py").read_text(), first=2.47, later=2.47)
-    run_loop(_config(tmp_path, iterations=6), environment=world)
+    world = StandIn((REPO_ROOT / "train.py").read_text(), first=2.47, later=2.47)
+    run_loop(loop_config(tmp_path, iterations=6), environment=world)
     row = agents_real.summarize("random", tmp_path / "run")
     assert row["experiments"] == 3 and row["confirmations"] == 1 and row["baseline_runs"] == 3
     assert abs(row["baseline"] - 2.50) < 1e-9 and abs(row["noise_sd"] - 0.02) < 1e-9

@@ -1,4 +1,4 @@
-"""kit.replay: recorded runs come back exactly, unrecorded configs get deterministic surrogate draws, and the
+"""kit.bench.replay: recorded runs come back exactly, unrecorded configs get deterministic surrogate draws, and the
 surrogate recovers an objective it was fitted to. The records are made the way `bench record` makes them (the same
 run plan), answered by the synthetic objective, whose truth is known."""
 
@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from kit import curves, edits
-from kit.environments import SyntheticConfig, SyntheticEnvironment
-from kit.harness import REPO_ROOT, HarnessConfig, Status
+from kit import REPO_ROOT, edits
+from kit.bench import recorder
+from kit.bench.environments import SyntheticConfig, SyntheticEnvironment
+from kit.bench.replay import ReplayEnvironment
+from kit.harness import HarnessConfig
 from kit.ledger import Ledger
 from kit.loop import LoopConfig, run_loop
-from kit.replay import ReplayEnvironment
+from kit.results import Status
+from kit.stopping import StopConditions
 
 BASELINE = (REPO_ROOT / "train.py").read_text()
 PROFILE_SEED = 1337
@@ -22,7 +25,7 @@ PROFILE_SEED = 1337
 def recorded(env: SyntheticEnvironment, runs: int) -> list[dict]:
     records = []
     for index in range(runs):
-        plan = curves.plan_run(index, BASELINE, PROFILE_SEED)
+        plan = recorder.plan_run(index, BASELINE, PROFILE_SEED)
         source = edits.set_values(BASELINE, plan.values)
         r = env(source, Path("."), HarnessConfig(budget=60.0, seed=plan.seed))
         records.append({"index": index, "kind": plan.kind, "seed": plan.seed, "status": r.status.value,
@@ -101,7 +104,8 @@ def test_runs_that_shared_the_machine_are_left_out(world):
 def test_the_loop_runs_unchanged_on_a_replayed_world(world, tmp_path: Path):
     _, records, replay = world
     with contextlib.redirect_stdout(io.StringIO()):
-        run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy="greedy", iterations=12, budget=60.0),
+        run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy="greedy", budget=60.0,
+                            stop=StopConditions(iterations=12)),
                  environment=replay)
     with Ledger(tmp_path, readonly=True) as ledger:
         rows = ledger.records()

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from kit import curves, edits, gate
-from kit.harness import REPO_ROOT
+from kit import REPO_ROOT, edits, gate
+from kit.bench import recorder
 
 
 def test_plans_are_reproducible_valid_and_mixed(baseline_source):
-    plans = [curves.plan_run(i, baseline_source, 1337) for i in range(60)]
-    assert plans == [curves.plan_run(i, baseline_source, 1337) for i in range(60)]  # a resume continues the same
-    assert plans[0] == curves.Plan("baseline", "baseline", {}, 1337)
-    assert {p.kind for p in plans} == set(curves.KIND_SHARES)
-    assert curves.plan_run(5, baseline_source, 1337, seed=1) != plans[5]
+    plans = [recorder.plan_run(i, baseline_source, 1337) for i in range(60)]
+    assert plans == [recorder.plan_run(i, baseline_source, 1337) for i in range(60)]  # a resume continues the same
+    assert plans[0] == recorder.Plan("baseline", "baseline", {}, 1337)
+    assert {p.kind for p in plans} == set(recorder.KIND_SHARES)
+    assert recorder.plan_run(5, baseline_source, 1337, seed=1) != plans[5]
     for plan in plans:
         source = edits.set_values(baseline_source, plan.values)
         assert gate.check_source(source).ok, plan
@@ -31,24 +31,24 @@ def _row(i: int) -> dict:
 
 def test_dataset_appends_and_survives_a_torn_last_record(tmp_path: Path):
     path = tmp_path / "curves.jsonl.gz"
-    assert curves.read_dataset(path) == []
+    assert recorder.read_dataset(path) == []
     for i in range(3):
-        curves._append(path, _row(i))
-    assert [r["index"] for r in curves.read_dataset(path)] == [0, 1, 2]
+        recorder._append(path, _row(i))
+    assert [r["index"] for r in recorder.read_dataset(path)] == [0, 1, 2]
     with gzip.open(path) as f:  # an ordinary gzip reader sees one JSON line per run
         assert [json.loads(line)["index"] for line in f] == [0, 1, 2]
     whole = path.read_bytes()
     path.write_bytes(whole + gzip.compress(json.dumps(_row(3)).encode())[:-7])  # killed while writing run 3
-    assert [r["index"] for r in curves.read_dataset(path)] == [0, 1, 2]
-    curves._append(path, _row(3))  # the torn member is cut off, not built upon
-    assert [r["index"] for r in curves.read_dataset(path)] == [0, 1, 2, 3]
+    assert [r["index"] for r in recorder.read_dataset(path)] == [0, 1, 2]
+    recorder._append(path, _row(3))  # the torn member is cut off, not built upon
+    assert [r["index"] for r in recorder.read_dataset(path)] == [0, 1, 2, 3]
     assert path.read_bytes().startswith(whole)
 
 
 @pytest.mark.slow
 def test_record_runs_full_experiments_and_resumes(tmp_path: Path, smoke_data):
     out = tmp_path / "curves-smoke.jsonl.gz"
-    first = curves.record(out, 2, profile="smoke", budget=2.0, work_dir=tmp_path / "work", log=lambda line: None)
+    first = recorder.record(out, 2, profile="smoke", budget=2.0, work_dir=tmp_path / "work", log=lambda line: None)
     assert [r["index"] for r in first] == [0, 1]
     assert first[0]["kind"] == "baseline" and first[0]["changed"] == {}
     for r in first:
@@ -58,5 +58,5 @@ def test_record_runs_full_experiments_and_resumes(tmp_path: Path, smoke_data):
         if r["status"] == "ok":
             assert r["val_bpb"] > 0 and len(r["curve"]) >= 1
     assert not any((tmp_path / "work").rglob("model.pt2"))  # hand-off files are not kept
-    again = curves.record(out, 3, profile="smoke", budget=2.0, work_dir=tmp_path / "work", log=lambda line: None)
+    again = recorder.record(out, 3, profile="smoke", budget=2.0, work_dir=tmp_path / "work", log=lambda line: None)
     assert again[:2] == first and again[2]["index"] == 2

@@ -7,11 +7,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kit import edits
-from kit.harness import REPO_ROOT
-from kit.llm_proposer import LLMConfig, LLMProposer
+from kit import REPO_ROOT, edits
 from kit.memory import Memory
-from kit.policy import State
+from kit.policies import State
+from kit.policies.llm import LLMConfig, LLMProposer
+
+from ..helpers import ledger_records, loop_config
 
 BASELINE = (REPO_ROOT / "train.py").read_text()
 EDITED = edits.set_values(BASELINE, {"WEIGHT_DECAY": 0.04})
@@ -116,18 +117,16 @@ def test_giving_up_after_the_retries(server):
 
 @pytest.mark.slow
 def test_the_loop_runs_what_the_endpoint_proposes(server, tmp_path, smoke_data):
-    from kit.ledger import Ledger
-    from kit.loop import LoopConfig, run_loop
+    from kit.loop import run_loop
 
     script, url = server
     script.replies.append((200, chat(GOOD), {}, 0))
-    run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy="llm", llm_url=url, llm_model="local-model",
-                        iterations=2, noise_repeats=1))
-    with Ledger(tmp_path, readonly=True) as ledger:
-        records = ledger.records()
-    assert [r.policy for r in records] == ["noise-floor", "llm"]
-    assert records[1].description == "llm: lower weight decay" and "+WEIGHT_DECAY = 0.04" in records[1].diff
-    assert records[1].status in ("ok", "pruned") and len(script.requests) == 1
+    run_loop(loop_config(tmp_path, iterations=2, policy="llm", llm_url=url, llm_model="local-model", noise_repeats=1,
+                         early_stopping="same-progress"))
+    ran = ledger_records(tmp_path / "run")
+    assert [r.policy for r in ran] == ["noise-floor", "llm"]
+    assert ran[1].description == "llm: lower weight decay" and "+WEIGHT_DECAY = 0.04" in ran[1].diff
+    assert ran[1].status in ("ok", "pruned") and len(script.requests) == 1
 
 
 def test_cli_asks_for_the_endpoint(tmp_path):
@@ -136,5 +135,5 @@ def test_cli_asks_for_the_endpoint(tmp_path):
 
     done = subprocess.run([sys.executable, "-m", "kit", "loop", "--profile", "smoke", "--policy", "llm",
                            "--run-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.startswith("error: the llm proposer needs")
+    assert done.returncode == 2 and done.stderr.startswith("error: the llm policy needs llm_url: give --llm-url")
     assert done.stderr.count("\n") == 1

@@ -1,4 +1,4 @@
-"""kit.environments: the synthetic objective is deterministic, has the optimum it claims, fails and prunes like a
+"""kit.bench.environments: the synthetic objective is deterministic, has the optimum it claims, fails and prunes like a
 real run, and every policy finds its optimum through the unchanged loop."""
 
 import contextlib
@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from kit import edits
-from kit.environments import SyntheticConfig, SyntheticEnvironment
-from kit.harness import REPO_ROOT, HarnessConfig, Status
+from kit import REPO_ROOT, edits
+from kit.bench.environments import SyntheticConfig, SyntheticEnvironment
+from kit.harness import HarnessConfig
 from kit.ledger import Ledger
 from kit.loop import LoopConfig, run_loop
+from kit.results import Status
+from kit.stopping import StopConditions
 
 BASELINE = (REPO_ROOT / "train.py").read_text()
 
@@ -75,7 +77,8 @@ def test_bad_settings_are_refused():
 def test_every_policy_finds_the_synthetic_optimum(env, policy, tmp_path: Path):
     """Through the real loop (gate, early stopping, noise-aware acceptance, git, ledger), 300 experiments."""
     with contextlib.redirect_stdout(io.StringIO()):
-        run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy=policy, iterations=300, budget=60.0, seed=0),
+        run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy=policy, budget=60.0, seed=0,
+                            stop=StopConditions(iterations=300)),
                  environment=env)
     with Ledger(tmp_path, readonly=True) as ledger:
         best = min(r.val_bpb for r in ledger.records() if r.val_bpb is not None)
@@ -86,7 +89,8 @@ def test_every_policy_finds_the_synthetic_optimum(env, policy, tmp_path: Path):
 def test_catalog_policies_never_repeat_an_experiment(env, tmp_path: Path):
     """Random edits of a hill-climbed train.py soon hit configs already run; the loop masks those before it asks."""
     with contextlib.redirect_stdout(io.StringIO()):
-        run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy="random", iterations=80, budget=60.0),
+        run_loop(LoopConfig(run_dir=tmp_path, profile="smoke", policy="random", budget=60.0,
+                            stop=StopConditions(iterations=80)),
                  environment=env)
     with Ledger(tmp_path, readonly=True) as ledger:
         records = ledger.records()

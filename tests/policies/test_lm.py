@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kit import edits
+from kit import REPO_ROOT, edits
 from kit.edits import EditError
-from kit.harness import REPO_ROOT
 from kit.memory import Experiment, Memory
-from kit.policy import State
+from kit.policies import State
 from kit.prompt import parse_completion, render_prompt
+
+from ..helpers import ledger_records, loop_config, tell
 
 BASELINE = (REPO_ROOT / "train.py").read_text()
 
@@ -38,7 +39,7 @@ def tiny_lm():
 def make_policy(tiny_lm, **overrides):
     import copy
 
-    from kit.lm_policy import LMPolicy, LMPolicyConfig
+    from kit.policies.lm import LMPolicy, LMPolicyConfig
 
     model, tokenizer = tiny_lm
     config = LMPolicyConfig(model="tiny", max_new_tokens=24, device="cpu", ppo_every=2, **overrides)
@@ -129,12 +130,12 @@ def test_ppo_step_moves_only_adapters_lowers_the_loss_and_reports_kl(tiny_lm):
     assert again["losses/kl_ref"] > 0
 
 
-def test_learn_updates_every_ppo_every_and_checkpoints_round_trip(tiny_lm, tmp_path: Path):
+def test_it_learns_every_ppo_every_outcomes_and_checkpoints_round_trip(tiny_lm, tmp_path: Path):
     policy = make_policy(tiny_lm, context_tokens=12000)
     state = state_for(BASELINE, Memory())
     first = policy.propose(state)
-    assert policy.learn(first, 0.5) == {} and len(policy.buffer) == 1
-    stats = policy.learn(policy.propose(state), -1.0)
+    assert tell(policy, state, first, None, reward=0.5) == {} and len(policy.buffer) == 1
+    stats = tell(policy, state, policy.propose(state), None, reward=-1.0)
     assert "losses/policy_loss" in stats and policy.buffer == []
     torch.save(policy.state_dict(), tmp_path / "lm.pt")
     restored = make_policy(tiny_lm, context_tokens=12000)
@@ -146,19 +147,17 @@ def test_learn_updates_every_ppo_every_and_checkpoints_round_trip(tiny_lm, tmp_p
 
 @pytest.mark.slow
 def test_a_loop_step_with_the_lm_policy_rejects_its_garbage(tiny_lm, tmp_path: Path, smoke_data):
-    from kit.ledger import Ledger
-    from kit.loop import LoopConfig, run_loop
+    from kit.loop import run_loop
 
     model, tokenizer = tiny_lm
     model.save_pretrained(tmp_path / "tiny-lm")  # loaded back through from_pretrained, as a user's model would be
     tokenizer.save_pretrained(tmp_path / "tiny-lm")
     run_dir = tmp_path / "run"
-    run_loop(LoopConfig(run_dir=run_dir, profile="smoke", policy="lm", lm_model=str(tmp_path / "tiny-lm"),
-                        iterations=2, noise_repeats=1))
-    with Ledger(run_dir, readonly=True) as ledger:
-        records = ledger.records()
-    assert [r.policy for r in records] == ["noise-floor", "lm"]
-    lm = records[1]
+    run_loop(loop_config(tmp_path, iterations=2, policy="lm", lm_model=str(tmp_path / "tiny-lm"), noise_repeats=1,
+                         early_stopping="same-progress"))
+    ran = ledger_records(run_dir)
+    assert [r.policy for r in ran] == ["noise-floor", "lm"]
+    lm = ran[1]
     assert lm.status == "rejected" and lm.reward < 0 and "rejected" in lm.reward_parts
     assert "no ```diff block" in lm.reason and lm.policy_stats["logprob"] < 0
     assert (run_dir / "policy.pt").exists()
