@@ -29,8 +29,9 @@ from torch import nn
 
 import prepare
 from kit import REPO_ROOT as REPO
-from kit.harness import HarnessConfig, run_experiment
+from kit.harness import run_experiment
 from kit.hyperparams import parse_hyperparameters
+from kit.results import HarnessConfig
 
 
 class PlainBlock(nn.Module):

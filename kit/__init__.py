@@ -3,6 +3,7 @@
 The core (this package) never imports kit.bench; train.py never imports kit.
 
     cli.py          the command line (`python -m kit`, `autoresearch-rl`)
+    arguments.py    what the command lines share: the one-line parser, argument types, defaults from dataclasses
     results.py      Status, RunResult, the Monitor and Environment protocols: the run vocabulary
     harness.py      one experiment: gate, sandbox, hard wall clock, progress stream, out-of-process evaluation
     gate.py         the static check of a train.py before it runs

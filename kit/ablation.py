@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from kit import edits
-from kit.harness import HarnessConfig, run_experiment
+from kit.harness import run_experiment
+from kit.results import HarnessConfig
 
 IMPROVEMENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "matrix LR ×1.4": lambda v: {"MATRIX_LR": v["MATRIX_LR"] * 1.4},

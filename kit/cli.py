@@ -6,100 +6,33 @@
     python -m kit report RUN_DIR
     python -m kit bench {record,early-stopping,agents} ...     (kit/bench/cli.py)
 
-Owns: parsing arguments, one-line errors for bad input (exit 2), dispatch (one function per command) and printing.
-Choices come from the registries (kit.policies.REGISTRY, kit.predictor.RULES, prepare.PROFILES) and defaults from
-the config dataclasses: a flag not given is not passed on, so a default is written in one place only.
-Does not own: any of the work.
+Owns: the commands' arguments, dispatch (one function per command), one-line errors for bad input (exit 2) and
+printing. Choices come from the registries (kit.policies.REGISTRY, kit.predictor.RULES, prepare.PROFILES) and
+defaults from the config dataclasses: a flag not given is not passed on (kit/arguments.py), so a default is written in
+one place only. Does not own: any of the work.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from kit import REPO_ROOT
-
-SANDBOXES = ("auto", "bwrap", "unshare", "none")
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line that says what to do, exit status 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad usage in one line (and says where help is), and leaves out every flag not given."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, argument_default=argparse.SUPPRESS, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
-
-
-def default(config: type, name: str) -> Any:
-    """The default a config dataclass gives a field: for help texts, so it is written in one place only."""
-    field = {f.name: f for f in dataclasses.fields(config)}[name]
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
-
-
-def given(args: argparse.Namespace, config: type) -> dict[str, Any]:
-    """The flags given on the command line that are fields of config."""
-    names = {f.name for f in dataclasses.fields(config)}
-    return {k: v for k, v in vars(args).items() if k in names}
-
-
-def positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
-def profiles() -> tuple[str, ...]:
-    import prepare
-
-    return tuple(prepare.PROFILES)
-
-
-def ensure_data(profile_name: str) -> None:
-    """smoke makes its data on the spot; the others must be prepared once, on purpose."""
-    import prepare
-
-    profile = prepare.get_profile(profile_name)
-    if profile.name == "smoke":
-        prepare.prepare_data(profile)
-    elif not (prepare.data_dir(profile) / "manifest.json").exists():
-        raise UsageError(f"no data for profile '{profile.name}' in {prepare.data_dir(profile)}: "
-                         f"run `python prepare.py --profile {profile.name}` first")
-
-
-def read_train_py(path: str | Path) -> str:
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"{path} not found: give the path of a train.py (the kit's own is {REPO_ROOT / 'train.py'})")
-    source = file.read_text(encoding="utf-8", errors="replace")
-    if not source.strip():
-        raise UsageError(f"{path} is empty: give a train.py with a model and a training loop")
-    return source
-
+from kit.arguments import (
+    SANDBOXES,
+    OneLineParser,
+    UsageError,
+    default,
+    ensure_data,
+    given,
+    positive,
+    positive_int,
+    profiles,
+    read_train_py,
+)
 
 # ---------------------------------------------------------------------------
 # The commands
@@ -107,10 +40,10 @@ def read_train_py(path: str | Path) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from kit.harness import HarnessConfig
     from kit.loop import LoopConfig
     from kit.policies import REGISTRY
     from kit.predictor import RULES
+    from kit.results import HarnessConfig
 
     parser = OneLineParser(prog="python -m kit", description="autoresearch-rl: an RL agent that improves train.py "
                            "on its own.")
@@ -169,7 +102,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from kit.harness import HarnessConfig, run_experiment
+    from kit.harness import run_experiment
+    from kit.results import HarnessConfig
 
     source = read_train_py(getattr(args, "train_py", REPO_ROOT / "train.py"))
     config = HarnessConfig(**given(args, HarnessConfig))

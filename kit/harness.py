@@ -26,26 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit import REPO_ROOT, gate, sandbox
-from kit.results import CurveStream, Monitor, RunResult, Status
+from kit.results import CurveStream, HarnessConfig, Monitor, RunResult, Status
 
 LOG_LIMIT_BYTES = 50 << 20  # a flood of output is cut here; the process still runs to its limit
 KIT_DIR = REPO_ROOT / "kit"
-
-
-@dataclass(frozen=True)
-class HarnessConfig:
-    profile: str = "cpu"
-    """Profile of prepare.py: smoke, cpu or gpu."""
-    budget: float | None = None
-    """Training seconds; None takes the profile's."""
-    grace: float | None = None
-    """Seconds allowed on top of the budget for start-up, hand-off and evaluation; None takes the profile's."""
-    seed: int | None = None
-    """Seed passed to the frozen side; None takes the profile's."""
-    sandbox: str = "auto"
-    """Sandbox backend: auto, bwrap, unshare or none."""
-    run_gate: bool = True
-    """Apply the static gate first. Only tests of the deeper defenses turn it off."""
 
 
 def frozen_files(profile) -> list[Path]:

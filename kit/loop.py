@@ -19,9 +19,6 @@ Does not own: any of those; widgets (the optional on_event callback feeds them).
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +30,7 @@ import torch
 from kit import REPO_ROOT, edits
 from kit.acceptance import Verdict
 from kit.frontier import Frontier
-from kit.harness import HarnessConfig, run_experiment
+from kit.harness import run_experiment
 from kit.ledger import Ledger, Record
 from kit.memory import code_hash
 from kit.policies import REGISTRY, Outcome, Proposal, Setup, State, make_policy
@@ -41,10 +38,10 @@ from kit.ppo import PPOConfig
 from kit.predictor import RULES, EarlyStopper, make_rule
 from kit.repo import TrainRepo
 from kit.report import write_report
-from kit.results import Environment, RunResult, Status
+from kit.results import Environment, HarnessConfig, RunResult, Status
 from kit.reward import Reward, RewardConfig, compute_reward
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, RunState
-from kit.stopping import StopConditions, stop_requested, wait_while_held
+from kit.stopping import StopConditions, first_ctrl_c_calls, stop_requested, wait_while_held
 
 CANDIDATE_FILE = "candidate.py"
 PAUSED_FILE = "PAUSED"
@@ -155,7 +152,7 @@ class ResearchLoop:
         self.catalog = edits.build_catalog(self.source)
         self.knob_names = [k.name for k in edits.knobs(self.source)]
         rule = None if self.config.early_stopping == "none" else make_rule(self.config.early_stopping, self.budget)
-        self.state = RunState.rebuild(records, self._source_of, noise_sigmas=self.config.noise_sigmas,
+        self.state = RunState.rebuild(records, self.repo.source_of, noise_sigmas=self.config.noise_sigmas,
                                       max_runs=1 + self.config.confirm_runs, stop_rule=rule)
         self.state.failures = 0  # a resume lifts a pause: the strikes start over
         self.policy = make_policy(self.config.policy, Setup(
@@ -164,57 +161,41 @@ class ResearchLoop:
             ppo=self.config.ppo, lm_model=self.config.lm_model, llm_url=self.config.llm_url,
             llm_model=self.config.llm_model))
         self.frontier = Frontier(self.catalog)
-        checkpoint = self.run_dir / POLICY_FILE
-        if checkpoint.exists():
-            try:
-                self.policy.restore(torch.load(checkpoint, weights_only=False))
-            except (RuntimeError, KeyError, ValueError) as error:  # a policy of another shape or kind
-                why = " ".join(str(error).split())[:120]  # torch's message spans lines; ours is one
-                raise ResumeError(f"{checkpoint} holds a policy this kit cannot load ({why}); move it away to start "
-                                  "the policy afresh (the ledger and git history are kept)") from None
+        self._load_policy()
         paused = self.run_dir / PAUSED_FILE
         if paused.exists():
             print(f"resuming after a pause ({paused.read_text().strip()})")
             paused.unlink()
 
-    def _source_of(self, record: Record) -> str | None:
-        """The train.py a record ran, from git: its commit, or its parent's train.py with its diff applied."""
-        try:
-            if record.commit:
-                return self.repo.show(record.commit)
-            if record.parent_commit is None:
-                return None
-            source = edits.apply_unified_diff(self.repo.show(record.parent_commit), record.diff)
-        except (RuntimeError, edits.EditError):
-            return None
-        return source if code_hash(source) == record.code_hash else None
-
     # the loop ---------------------------------------------------------------------------------------------------
 
     def run(self) -> str:
         """Run until a stop condition, a stop or a pause; write the report; return why it stopped."""
-        started = time.monotonic()
-        reason = None
-        with self._ctrl_c_stops_after_the_experiment():
+        started, reason = time.monotonic(), None
+        with first_ctrl_c_calls(self._on_ctrl_c):
             try:
                 while reason is None:
-                    wait_while_held(self.run_dir, lambda: self.interrupted, self._on_hold)
-                    # 1. stop when a limit, the termination oracle, the stop file or Ctrl-C says so
-                    reason = self._stop_reason(started)
-                    if reason is None:
-                        # 2. the next experiment: the noise floor first, then a near miss's re-run, else a new idea
-                        if self.state.noise_runs < self.config.noise_repeats:
-                            self._measure_noise()
-                        elif self.state.near_miss is not None:
-                            self._confirm()
-                        else:
-                            self._step()
-                        # 3. pause after failures in a row: train.py or the machine needs a person
-                        reason = self._pause_reason()
+                    reason = self._turn(started)
             finally:
                 write_report(self.run_dir, self.ledger)
         self._emit({"event": "stopped", "reason": reason})
         return reason
+
+    def _turn(self, started: float) -> str | None:
+        """One turn of the loop; why to stop, or None to go on."""
+        wait_while_held(self.run_dir, lambda: self.interrupted, self._on_hold)
+        # 1. stop when a limit, the termination oracle, the stop file or Ctrl-C says so
+        if reason := self._stop_reason(started):
+            return reason
+        # 2. the next experiment: the noise floor first, then a near miss's re-run, else a new idea
+        if self.state.noise_runs < self.config.noise_repeats:
+            self._measure_noise()
+        elif self.state.near_miss is not None:
+            self._confirm()
+        else:
+            self._step()
+        # 3. pause after failures in a row: train.py or the machine needs a person
+        return self._pause_reason()
 
     def _step(self) -> None:
         """One idea of the policy, from proposal to record."""
@@ -334,6 +315,17 @@ class ResearchLoop:
     def _experiment_dir(self) -> Path:
         return self.run_dir / "experiments" / f"{len(self.state.records) + 1:05d}"
 
+    def _load_policy(self) -> None:
+        checkpoint = self.run_dir / POLICY_FILE
+        if not checkpoint.exists():
+            return
+        try:
+            self.policy.restore(torch.load(checkpoint, weights_only=False))
+        except (RuntimeError, KeyError, ValueError) as error:  # a policy of another shape or kind
+            why = " ".join(str(error).split())[:120]  # torch's message spans lines; ours is one
+            raise ResumeError(f"{checkpoint} holds a policy this kit cannot load ({why}); move it away to start the "
+                              "policy afresh (the ledger and git history are kept)") from None
+
     def _save_policy(self) -> None:
         tmp = self.run_dir / f"{POLICY_FILE}.tmp"
         torch.save(self.policy.checkpoint(), tmp)
@@ -380,28 +372,14 @@ class ResearchLoop:
         (self.run_dir / PAUSED_FILE).write_text(reason + "\n")
         return reason
 
+    def _on_ctrl_c(self) -> None:
+        self.interrupted = True
+        print("stopping after the running experiment is recorded (Ctrl-C again to abort it)")
+
     def _on_hold(self) -> None:
         print(f"on hold: no new experiment until {self.run_dir / 'HOLD'} is removed (the dashboard's Resume button "
               "does that)", flush=True)
         self._emit({"event": "hold"})
-
-    @contextlib.contextmanager
-    def _ctrl_c_stops_after_the_experiment(self):
-        if threading.current_thread() is not threading.main_thread():  # a notebook may run us in a thread
-            yield
-            return
-
-        def on_sigint(signum, frame) -> None:
-            if self.interrupted:
-                raise KeyboardInterrupt
-            self.interrupted = True
-            print("stopping after the running experiment is recorded (Ctrl-C again to abort it)")
-
-        previous = signal.signal(signal.SIGINT, on_sigint)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
     def _emit(self, event: dict) -> None:
         if self.on_event is not None:

@@ -1,7 +1,8 @@
 """train.py's history in RUN_DIR/repo: one branch, the baseline as its first commit and a commit per kept edit.
 
 Owns: the git calls (the committer's identity is set per call, so a machine without one works), reading train.py
-at any commit of the run, and moving the branch back to the commit the ledger names.
+at any commit of the run (and so the train.py any record ran), and moving the branch back to the commit the ledger
+names.
 Does not own: deciding what to keep (kit/loop.py); the ledger, not git, is the truth on resume.
 """
 
@@ -10,6 +11,10 @@ from __future__ import annotations
 import functools
 import subprocess
 from pathlib import Path
+
+from kit import edits
+from kit.ledger import Record
+from kit.memory import code_hash
 
 BRANCH = "autoresearch"
 
@@ -54,6 +59,19 @@ class TrainRepo:
     def show(self, commit: str) -> str:
         """train.py at a commit of the run."""
         return self._git("show", f"{commit}:train.py")
+
+    def source_of(self, record: Record) -> str | None:
+        """The train.py a record ran: at its commit, or its parent commit's with its diff applied; None when that
+        does not give the code the record names (a record of another repository, say)."""
+        try:
+            if record.commit:
+                return self.show(record.commit)
+            if record.parent_commit is None:
+                return None
+            source = edits.apply_unified_diff(self.show(record.parent_commit), record.diff)
+        except (RuntimeError, edits.EditError):
+            return None
+        return source if code_hash(source) == record.code_hash else None
 
     def commit(self, source: str, message: str) -> str:
         """Commit source as train.py; returns the commit."""

@@ -1,8 +1,8 @@
 """The run vocabulary: how an experiment ended, what it reports, and who may watch or stand in for a run.
 
 Owns: `Status` and `FAILURES` (the one place the failure set is written), `RunResult` (one experiment's outcome,
-whoever produced it), the `Monitor` and `Environment` protocols, and `CurveStream`, the one way a learning curve is
-fed point by point to a monitor that may stop the run.
+whoever produced it), `HarnessConfig` (how one experiment is to be run), the `Monitor` and `Environment` protocols,
+and `CurveStream`, the one way a learning curve is fed point by point to a monitor that may stop the run.
 Does not own: producing results (kit/harness.py runs train.py; kit/bench/ has stand-in worlds), deciding on them
 (kit/loop.py), or storing them (kit/ledger.py).
 """
@@ -13,10 +13,7 @@ import enum
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from kit.harness import HarnessConfig
+from typing import Protocol
 
 
 class Status(enum.StrEnum):
@@ -58,6 +55,22 @@ class RunResult:
         record["status"] = self.status.value
         record["curve"] = [list(point) for point in self.curve]
         return record
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    profile: str = "cpu"
+    """Profile of prepare.py: smoke, cpu or gpu."""
+    budget: float | None = None
+    """Training seconds; None takes the profile's."""
+    grace: float | None = None
+    """Seconds allowed on top of the budget for start-up, hand-off and evaluation; None takes the profile's."""
+    seed: int | None = None
+    """Seed passed to the frozen side; None takes the profile's."""
+    sandbox: str = "auto"
+    """Sandbox backend: auto, bwrap, unshare or none."""
+    run_gate: bool = True
+    """Apply the static gate first. Only tests of the deeper defenses turn it off."""
 
 
 Monitor = Callable[[list[tuple[float, float]]], "str | None"]

@@ -3,14 +3,18 @@ the dashboard) uses to stop or hold it.
 
 Owns: `StopConditions`, a small callable over the records so far that says which condition fired (an iteration,
 hour or GPU-hour limit, or convergence: the 95 % upper bound of the chance that an experiment still improves the
-best by more than ε falls below a threshold), and RUN_DIR/STOP and RUN_DIR/HOLD.
+best by more than ε falls below a threshold), RUN_DIR/STOP and RUN_DIR/HOLD, and Ctrl-C (the first one stops the
+loop after the running experiment, a second one aborts it).
 Does not own: the estimate behind convergence (kit/bound.py) or the loop that asks (kit/loop.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,3 +94,27 @@ def wait_while_held(run_dir: Path, interrupted: Callable[[], bool], on_hold: Cal
     on_hold()
     while hold.exists() and not interrupted() and not stop.exists():
         time.sleep(poll)
+
+
+@contextlib.contextmanager
+def first_ctrl_c_calls(on_first: Callable[[], None]) -> Iterator[None]:
+    """While inside: the first Ctrl-C calls on_first (so the loop can stop once the running experiment is recorded), a
+    second one raises KeyboardInterrupt as usual. Only the main thread gets signals: elsewhere (a notebook runs the
+    loop in a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = False
+
+    def on_sigint(signum, frame) -> None:
+        nonlocal pressed
+        if pressed:
+            raise KeyboardInterrupt
+        pressed = True
+        on_first()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

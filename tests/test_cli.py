@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-from kit.cli import _parser, default, given, main
-from kit.harness import HarnessConfig
+from kit.arguments import default, given
+from kit.cli import _parser, main
 from kit.loop import LoopConfig
 from kit.policies import REGISTRY
 from kit.predictor import RULES
+from kit.results import HarnessConfig
 from kit.stopping import StopConditions
 
 from .helpers import REPO

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from kit.harness import HarnessConfig, run_experiment
-from kit.results import Status
+from kit.harness import run_experiment
+from kit.results import HarnessConfig, Status
 
 from .helpers import REPO, TRAIN_PY
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kit import REPO_ROOT, edits
-from kit.harness import HarnessConfig, run_experiment
+from kit.harness import run_experiment
 from kit.predictor import (
     EarlyStopper,
     PowerLawConfig,
@@ -14,7 +14,7 @@ from kit.predictor import (
     fit_power_law,
     make_rule,
 )
-from kit.results import Status
+from kit.results import HarnessConfig, Status
 
 BUDGET = 60.0
 

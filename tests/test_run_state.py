@@ -53,7 +53,7 @@ def test_the_rebuilt_state_equals_the_live_one_after_every_record(tmp_path):
         assert {NOISE_POLICY, CONFIRM_POLICY, "greedy"} <= kinds, "the world must give near misses"
         assert sum(r.accepted for r in records) >= 2 and any(r.status == "crash" for r in records)
         for k in range(1, len(records) + 1):
-            rebuilt = RunState.rebuild(records[:k], loop._source_of, noise_sigmas=config.noise_sigmas,
+            rebuilt = RunState.rebuild(records[:k], loop.repo.source_of, noise_sigmas=config.noise_sigmas,
                                        max_runs=1 + config.confirm_runs, stop_rule=make_rule("calibrated", 4.0))
             assert _summary(rebuilt) == live[k - 1], f"after record {k}"
     finally:

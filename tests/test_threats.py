@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from kit import sandbox
-from kit.harness import LOG_LIMIT_BYTES, HarnessConfig, run_experiment
-from kit.results import Status
+from kit.harness import LOG_LIMIT_BYTES, run_experiment
+from kit.results import HarnessConfig, Status
 
 from .helpers import REPO
 
@@ -357,7 +357,7 @@ def test_editing_a_file_of_a_kit_subpackage_is_tampered(smoke_data, tmp_path):
 with open({str(target)!r}, "a") as f:
     f.write("# edited by train.py")
 """ + HAND_OFF
-    runner = ("import json, sys; from kit.harness import HarnessConfig, run_experiment; "
+    runner = ("import json, sys; from kit.harness import run_experiment; from kit.results import HarnessConfig; "
               "r = run_experiment(sys.stdin.read(), sys.argv[1], HarnessConfig(profile='smoke', budget=1, "
               "run_gate=False, sandbox='none')); print(json.dumps([r.status.value, r.reason]))")
     done = subprocess.run([sys.executable, "-c", runner, str(tmp_path / "run")], input=source, cwd=copy,

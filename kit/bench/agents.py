@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from kit.bench.environments import DEFAULT_HARNESS
-from kit.harness import HarnessConfig
 from kit.ledger import Ledger
 from kit.loop import LoopConfig, run_loop
 from kit.memory import code_hash
-from kit.results import Environment, Monitor, RunResult
+from kit.results import Environment, HarnessConfig, Monitor, RunResult
 from kit.run_state import NOISE_POLICY
 from kit.stopping import StopConditions
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from kit import REPO_ROOT
-from kit.cli import OneLineParser, UsageError, ensure_data, positive, positive_int, profiles
+from kit.arguments import SANDBOXES, OneLineParser, UsageError, ensure_data, positive, positive_int, profiles
 from kit.policies import REGISTRY
 
 CURVES = REPO_ROOT / "data" / "curves-cpu.jsonl.gz"
@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", type=Path, help="default: data/curves-<profile>.jsonl.gz")
     rec.add_argument("--seed", type=int, default=0, help="seed of the choice of runs")
     rec.add_argument("--budget", type=positive, default=None, help="training seconds (default: the profile's)")
-    rec.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "none"), default="auto")
+    rec.add_argument("--sandbox", choices=SANDBOXES, default="auto")
     rec.set_defaults(run=_record)
 
     stop = benches.add_parser("early-stopping", help="replay recorded curves under every stop rule and Optuna's "

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import edits, gate
-from kit.harness import HarnessConfig
-from kit.results import CurveStream, Monitor, RunResult, Status
+from kit.results import CurveStream, HarnessConfig, Monitor, RunResult, Status
 
 DEFAULT_HARNESS = HarnessConfig()
 

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from kit import REPO_ROOT, edits
-from kit.harness import HarnessConfig, run_experiment
+from kit.harness import run_experiment
 from kit.hyperparams import Hyperparameter
-from kit.results import RunResult
+from kit.results import HarnessConfig, RunResult
 
 KIND_SHARES = {"baseline": 0.15, "walk": 0.5, "scatter": 0.35}
 """What a recorded run is: the baseline under another seed (the noise), 1-3 catalog edits of the baseline

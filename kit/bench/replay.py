@@ -24,9 +24,8 @@ import numpy as np
 from kit import edits
 from kit.bench.environments import DEFAULT_HARNESS, gate_rejection, simulated_result
 from kit.bench.recorder import ran_alone
-from kit.harness import HarnessConfig
 from kit.hyperparams import Hyperparameter
-from kit.results import CurveStream, Monitor, RunResult, Status
+from kit.results import CurveStream, HarnessConfig, Monitor, RunResult, Status
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,9 @@ import pytest
 
 from kit import REPO_ROOT, edits
 from kit.bench.environments import SyntheticConfig, SyntheticEnvironment
-from kit.harness import HarnessConfig
 from kit.ledger import Ledger
 from kit.loop import LoopConfig, run_loop
-from kit.results import Status
+from kit.results import HarnessConfig, Status
 from kit.stopping import StopConditions
 
 BASELINE = (REPO_ROOT / "train.py").read_text()
