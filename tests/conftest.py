@@ -29,3 +29,14 @@ def smoke_data() -> Path:
 @pytest.fixture(scope="session")
 def baseline_source() -> str:
     return TRAIN_PY.read_text()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks run fastest on one thread, and the machine may be shared with other work."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,14 +10,7 @@ import torch
 from kit.policies.operator import OperatorPolicy
 from kit.ppo import PPOConfig, Rollout, compute_gae, make_batch, make_optimizer, ppo_loss, ppo_step
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks run fastest on one thread, and the machine may be shared with other work
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_config_validates():

@@ -13,13 +13,7 @@ from kit.ppo import PPOConfig, make_batch, make_optimizer, ppo_step
 
 from ..helpers import CATALOG, HIGH, state_of, tell
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks run fastest on one thread, and the machine may be shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_masked_logits_carry_no_probability():

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from kit.hyperparams import parse_hyperparameters
 from kit.policies import POLICIES, REGISTRY, Setup, make_policy, policy_class
@@ -13,13 +12,7 @@ from ..helpers import CATALOG, HIGH, QUADRATIC, setup, state_of
 
 CATALOG_POLICIES = [name for name in POLICIES if policy_class(name).edits_catalog]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks run fastest on one thread, and the machine may be shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_catalog_policies_are_ppo_random_and_greedy():
