@@ -4,12 +4,14 @@
 
 Each part of an iteration that is not training is timed on the real objects the loop uses, on the
 kit's real train.py: the proposal (observation, mask, policy forward, applying the edit), the gate,
-the reward, a PPO update on a full rollout buffer, a durable ledger append, a git commit. The per-
+the reward, a PPO update on a full rollout buffer, a durable ledger append, taking the record into the
+loop's state, a git commit. The per-
 experiment cost counts the PPO update at 1/num_steps, since the loop updates once per num_steps runs.
 """
 
 from __future__ import annotations
 
+import itertools
 import platform
 import statistics
 import sys
@@ -28,6 +30,7 @@ from kit.policies import Setup, State, make_policy
 from kit.ppo import PPOConfig
 from kit.repo import TrainRepo
 from kit.reward import compute_reward
+from kit.run_state import RunState
 
 REPEATS = 30
 
@@ -80,6 +83,7 @@ def main() -> int:
                       commit=None, status="ok", reason="", val_bpb=2.6, reward=0.1, reward_parts={"accuracy": 0.1},
                       accepted=False, curve=curve, predictions=[], timings={}, policy_stats={}, fingerprint={},
                       peak_mem_mb=600.0, training_seconds=60.0, total_seconds=66.0, seed=1337, code_hash=digest)
+        run_state, iterations = RunState(), itertools.count(1)
         git = TrainRepo(Path(tmp) / "repo")
         git.init(source)
         versions = [source, candidate]
@@ -93,6 +97,8 @@ def main() -> int:
             "reward": median_seconds(lambda: compute_reward("ok", 2.6, 2.7, 66.0, 60.0, curve)),
             f"PPO update ({n} transitions) / {n}": median_seconds(ppo_update, 10) / n,
             "ledger append (durable)": median_seconds(lambda: ledger.append(Record(**record))),
+            "the loop's state takes the record in": median_seconds(
+                lambda: run_state.add(Record(**{**record, "iteration": next(iterations)}), candidate)),
             "git commit (accepted edits only)": median_seconds(commit, 10),
         }
         ledger.close()
