@@ -179,6 +179,41 @@ def test_non_causal_after_the_probe_is_tampered(smoke_data, tmp_path):
     assert result.status is Status.TAMPERED, result.reason
 
 
+# A stateless model that reads the next token where the old probe (three fixed positions of row 0) did not look.
+PEEKING_MODEL = """\
+import torch
+import prepare
+
+
+class Peek(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(prepare.VOCAB_SIZE, prepare.VOCAB_SIZE)
+        rows, T = prepare.PROFILE.eval_batch_size, prepare.MAX_SEQ_LEN
+        where = torch.ones(rows, T, 1)
+        @WHERE@
+        self.register_buffer("where", where)
+
+    def forward(self, idx):
+        peek = torch.nn.functional.one_hot(idx[:, 1:], prepare.VOCAB_SIZE).float()  # the next token
+        peek = torch.nn.functional.pad(peek, (0, 0, 0, 1))
+        return self.embed(idx) + 100 * peek * self.where
+
+
+prepare.hand_off(Peek())
+"""
+
+
+@pytest.mark.parametrize("where", [
+    "where[0, [0, T // 2, T - 2]] = 0  # between the old probe's positions",
+    "where[0] = 0  # in every row but the first",
+])
+def test_peeking_where_a_fixed_probe_does_not_look_is_tampered(smoke_data, where, tmp_path):
+    result = _run(PEEKING_MODEL.replace("@WHERE@", where), tmp_path, budget=1, run_gate=False)
+    assert result.val_bpb is None, f"val_bpb {result.val_bpb} from a model that reads the next token"
+    assert result.status is Status.TAMPERED and "non-causal" in result.reason, result.reason
+
+
 # 2. reading the validation data -------------------------------------------------------------------------------
 
 READ_VAL = MODEL + """
