@@ -8,6 +8,7 @@ The core (this package) never imports kit.bench; train.py never imports kit.
     harness.py      one experiment: gate, sandbox, hard wall clock, progress stream, out-of-process evaluation
     gate.py         the static check of a train.py before it runs
     sandbox.py      process isolation (bubblewrap, unshare) and resource limits
+    machine.py      how much of the machine a run and everything else used, read from /proc
     evaluate.py     the evaluator process: the val_bpb that counts
     hyperparams.py  train.py's ranged UPPER_CASE constants
     edits.py        the action space: typed edits, the catalog, unified diffs

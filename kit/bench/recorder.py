@@ -4,8 +4,8 @@ Owns: choosing what to record (the baseline under other seeds, short random walk
 and random settings of a few knobs at once to fill the space), running each to its end with the harness, and
 the dataset file: one gzip member per run appended to a .jsonl.gz, so a killed recording loses at most the run
 in flight and resumes where it stopped. Loading it back for the early-stopping and agent benchmarks.
-Also `CpuWatch`, which measures from /proc how much of the machine's CPU other work took while a run went on.
-Does not own: running experiments (kit/harness.py) or forecasting curves (kit/predictor.py).
+Does not own: running experiments (kit/harness.py), measuring the machine (kit/machine.py) or forecasting curves
+(kit/predictor.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import numpy as np
 from kit import REPO_ROOT, edits
 from kit.harness import run_experiment
 from kit.hyperparams import Hyperparameter
+from kit.machine import CpuWatch
 from kit.results import HarnessConfig, RunResult
 
 KIND_SHARES = {"baseline": 0.15, "walk": 0.5, "scatter": 0.35}
@@ -142,69 +142,6 @@ def _commit() -> str | None:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
-
-
-class CpuWatch:
-    """CPU seconds of this process's descendants and of the whole machine while a run goes on, sampled from /proc
-    (the sandbox kills its processes unreaped, so rusage never sees them). `others` is what the rest of the machine
-    used: a recorded run that shared the cores got fewer steps than it would have alone."""
-
-    def __init__(self, interval: float = 0.5):
-        self.interval, self.ours = interval, {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> CpuWatch:
-        self.wall, self.machine = time.monotonic(), _machine_busy()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        ticks = os.sysconf("SC_CLK_TCK")
-        self.wall = time.monotonic() - self.wall
-        self.machine = (_machine_busy() - self.machine) / ticks
-        self.own = sum(self.ours.values()) / ticks
-        capacity = self.wall * (os.cpu_count() or 1)
-        self.own_share = self.own / capacity
-        self.others_share = max(self.machine - self.own, 0.0) / capacity
-
-    def _sample(self) -> None:
-        while True:
-            for pid, ticks in _descendants(os.getpid()).items():
-                self.ours[pid] = max(ticks, self.ours.get(pid, 0))
-            if self._stop.wait(self.interval):
-                return
-
-
-def _machine_busy() -> int:
-    """Busy clock ticks of all cores since boot (user, nice, system, irq, softirq, steal)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
-
-
-def _descendants(root: int) -> dict[int, int]:
-    """utime + stime ticks of every live descendant of root."""
-    parents, ticks = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        parents[int(entry.name)] = int(fields[1])
-        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
-    out = {}
-    for pid in ticks:
-        p = pid
-        while p in parents and p != root and p > 1:
-            p = parents[p]
-        if p == root and pid != root:
-            out[pid] = ticks[pid]
-    return out
 
 
 def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: float, load: tuple,
