@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 
 # What train.py may use; the gate rejects any other name reached through prepare (its imports included).
-__all__ = ["PROFILE", "TIME_BUDGET", "MAX_SEQ_LEN", "VOCAB_SIZE", "SEED", "DEVICE", "make_dataloader", "encode",
-           "decode", "token_bytes", "report_progress", "print_summary", "peak_memory_mb", "hand_off",
-           "evaluate_bpb"]
+__all__ = ["PROFILE", "TIME_BUDGET", "MAX_SEQ_LEN", "VOCAB_SIZE", "SEED", "DEVICE", "UNTIMED_STEPS",
+           "make_dataloader", "encode", "decode", "token_bytes", "report_progress", "print_summary", "peak_memory_mb",
+           "hand_off", "evaluate_bpb"]
 
 # ---------------------------------------------------------------------------
 # Profiles: every constant that makes runs comparable (DO NOT CHANGE)
@@ -48,8 +48,8 @@ __all__ = ["PROFILE", "TIME_BUDGET", "MAX_SEQ_LEN", "VOCAB_SIZE", "SEED", "DEVIC
 @dataclass(frozen=True)
 class Profile:
     name: str
-    time_budget: float  # seconds of training per experiment (warm-up steps excluded)
-    grace: float  # seconds the harness allows on top: start-up, hand-off, evaluation
+    time_budget: float  # seconds of training per experiment (the untimed first steps excluded)
+    grace: float  # seconds the harness allows on top for everything (start-up, hand-off, evaluation): the hard kill
     max_seq_len: int  # context length of training and evaluation
     vocab: str  # "byte" (256 symbols, 1 byte each) or "bpe" (trained, with a token->bytes table)
     vocab_size: int  # size of the embedding table train.py must provide
@@ -58,6 +58,13 @@ class Profile:
     corpus: str  # "synthetic", "shakespeare" or "tinystories"
     seed: int  # the one seed of a run; the harness may pass another for noise measurements
     memory_limit_mb: int  # address-space limit of the sandboxed process on CPU (0 = none)
+    # The harness's own clocks on the training process (train.py's clock is never trusted): what comes before the
+    # first progress line (imports, data, model, the untimed first steps) may use at most startup_cpu CPU seconds
+    # and startup_seconds of wall clock; from the first progress line to the hand-off (training, then the export)
+    # at most time_budget + handoff_seconds. A run past either limit is tampered.
+    startup_cpu: float
+    startup_seconds: float
+    handoff_seconds: float
 
     @property
     def eval_tokens(self) -> int:
@@ -66,11 +73,15 @@ class Profile:
 
 PROFILES = {
     # tests: seconds per run, byte-level, tiny synthetic data made on the spot
-    "smoke": Profile("smoke", 4.0, 60.0, 64, "byte", 256, 8, 4, "synthetic", 1337, 6144),
+    "smoke": Profile("smoke", 4.0, 60.0, 64, "byte", 256, 8, 4, "synthetic", 1337, 6144,
+                     startup_cpu=8.0, startup_seconds=30.0, handoff_seconds=2.0),
     # the embedded default: about a minute per run on 2 CPU cores, Shakespeare's plays
-    "cpu": Profile("cpu", 60.0, 40.0, 256, "byte", 256, 16, 8, "shakespeare", 1337, 8192),
+    "cpu": Profile("cpu", 60.0, 40.0, 256, "byte", 256, 16, 8, "shakespeare", 1337, 8192,
+                   startup_cpu=12.0, startup_seconds=30.0, handoff_seconds=3.0),
     # autoresearch scale: 5 minutes on one GPU, TinyStories with a trained BPE of 8192 tokens
-    "gpu": Profile("gpu", 300.0, 180.0, 2048, "bpe", 8192, 16, 128, "tinystories", 1337, 0),
+    # on a GPU the first step compiles (torch.compile; the kernels are cached across runs), which start-up must cover
+    "gpu": Profile("gpu", 300.0, 180.0, 2048, "bpe", 8192, 16, 128, "tinystories", 1337, 0,
+                   startup_cpu=240.0, startup_seconds=150.0, handoff_seconds=20.0),
 }
 DEFAULT_PROFILE = "cpu"
 
@@ -105,6 +116,7 @@ TIME_BUDGET = float(os.environ.get("AUTORESEARCH_BUDGET") or PROFILE.time_budget
 MAX_SEQ_LEN = PROFILE.max_seq_len
 VOCAB_SIZE = PROFILE.vocab_size
 SEED = int(os.environ.get("AUTORESEARCH_SEED") or PROFILE.seed)
+UNTIMED_STEPS = 1  # first steps of training left out of the budget (compilation, allocator warm-up)
 DEVICE = get_device()
 
 # The frozen side owns the seed: it is set here, on import, before train.py builds anything.

@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import (DEVICE, MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE, hand_off, make_dataloader, peak_memory_mb,
-                     print_summary, report_progress)
+from prepare import (DEVICE, MAX_SEQ_LEN, TIME_BUDGET, UNTIMED_STEPS, VOCAB_SIZE, hand_off, make_dataloader,
+                     peak_memory_mb, print_summary, report_progress)
 
 t_start = time.time()
 
@@ -53,7 +53,6 @@ GRAD_CLIP = 1.0            # max global gradient norm; 0 disables clipping [0.0,
 GRAD_CLIP_WARMUP = 0.0     # share of the budget over which the clip ramps from GRAD_CLIP_START, 0 = fixed [0.0, 0.5]
 GRAD_CLIP_START = 0.5      # clip norm at the start of a clip warm-up [0.0, 10.0]
 COMPILE = True             # torch.compile the model on CUDA; ignored on CPU {False, True}
-UNTIMED_STEPS = 1          # first steps left out of the budget (compilation, allocator warm-up)
 
 
 @dataclass

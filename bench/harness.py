@@ -137,7 +137,7 @@ def main() -> int:
             print(f"budget {budget:.0f} s: total {result.total_seconds:.1f} s, val_bpb {result.val_bpb:.4f}")
     imports = statistics.median(import_seconds() for _ in range(3))
     train_tps = [r.num_steps * hp["BATCH_SIZE"] * profile.max_seq_len / r.training_seconds for _, r in runs]
-    plain_tps, plain_params = plain_tokens_per_second(hp, profile, seconds=30.0, untimed=int(hp["UNTIMED_STEPS"]))
+    plain_tps, plain_params = plain_tokens_per_second(hp, profile, seconds=30.0, untimed=prepare.UNTIMED_STEPS)
 
     flags = (" --quick" if args.quick else "") + (f" --profile {profile.name}" if profile.name != "cpu" else "")
     device = (f"{torch.cuda.get_device_name()}, CUDA {torch.version.cuda}" if prepare.DEVICE == "cuda"

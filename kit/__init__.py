@@ -10,6 +10,7 @@ The core (this package) never imports kit.bench; train.py never imports kit.
     sandbox.py      process isolation (bubblewrap, unshare) and resource limits
     machine.py      how much of the machine a run and everything else used, read from /proc
     evaluate.py     the evaluator process: the val_bpb that counts
+    seed_check.py   whether a train.py's result ignores the seed it is given
     hyperparams.py  train.py's ranged UPPER_CASE constants
     edits.py        the action space: typed edits, the catalog, unified diffs
     prompt.py       what a language-model policy reads and how its answer becomes a train.py

@@ -6,7 +6,8 @@
 Owns: loading the exported graph in a fresh process, refusing graphs that keep state between
 calls, the causality audit (CausalityAudit: a row's logits must not depend on its later tokens or on
 other rows), and calling prepare.evaluate_bpb, which feeds input tokens only and computes the loss
-from the logits itself. Prints one JSON line: {"val_bpb": .., "status": .., "reason": ..}.
+from the logits itself. Prints one JSON line: {"val_bpb": .., "status": .., "reason": .., "token_losses": [..]} (the
+last: the model's per-token losses on the first evaluation batch, its signature for kit/seed_check.py).
 Does not own: running train.py or the sandbox (kit/harness.py starts this module inside one).
 """
 
@@ -21,6 +22,9 @@ import sys
 from pathlib import Path
 
 import torch
+
+SIGNATURE_TOKENS = 4096
+"""Per-token losses of the first evaluation batch that the verdict carries (kit/seed_check.py compares them)."""
 
 MIN_ROW_PROBES = 128
 """Row probes per evaluation at the least: probes per evaluation batch are raised until batches × rows × probes
@@ -68,9 +72,12 @@ class CausalityAudit:
         self.generator = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8)))
         self.rows = rows
         self.row_probes = 0
+        self.signature: list[float] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.forward(x)
+        if self.signature is None:
+            self.signature = token_losses(x, logits)
         for _ in range(self.probes):
             self._probe(x, logits.float())
         return logits
@@ -92,6 +99,14 @@ class CausalityAudit:
             raise CausalityViolation(
                 f"non-causal model: changing tokens after position {int(cuts[worst])} of row {worst} (and other rows "
                 f"after theirs) changed its logits up to that position by {float(moved[worst]):.3g}")
+
+
+def token_losses(x: torch.Tensor, logits: torch.Tensor) -> list[float]:
+    """The loss of each next-token prediction within the rows of x (at most SIGNATURE_TOKENS): what the model
+    predicts, in a form any two models of the same data can be compared by."""
+    nats = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                                             x[:, 1:].reshape(-1), reduction="none")
+    return [round(v, 4) for v in nats[:SIGNATURE_TOKENS].cpu().tolist()]
 
 
 def probes_per_batch(batches: int, rows: int) -> int:
@@ -118,7 +133,7 @@ def evaluate(model_path: Path, profile_name: str) -> dict:
     if not math.isfinite(val_bpb):
         reason = f"val_bpb is {val_bpb}: the model's logits are not finite"
         return {"status": "crash", "val_bpb": None, "reason": reason}
-    return {"status": "ok", "val_bpb": val_bpb, "reason": ""}
+    return {"status": "ok", "val_bpb": val_bpb, "reason": "", "token_losses": audited.signature}
 
 
 def warm_up() -> None:

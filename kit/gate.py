@@ -92,8 +92,12 @@ class GateConfig:
     allowed_dunders: frozenset[str] = frozenset({"__init__", "__name__", "__doc__", "__file__", "__post_init__"})
     """Dunder names and attributes train.py may use; every other one is an escape into interpreter internals."""
     seed_calls: frozenset[str] = frozenset({"manual_seed", "manual_seed_all", "seed", "set_seed", "seed_everything",
-                                            "set_rng_state", "set_rng_state_all"})
-    """Function names that reseed random generators; the seed belongs to the frozen side (prepare.py)."""
+                                            "set_rng_state", "set_rng_state_all", "set_state", "setstate",
+                                            "graphsafe_set_state", "fork_rng", "default_rng", "RandomState",
+                                            "Random", "SeedSequence", "PCG64", "PCG64DXSM", "MT19937", "Philox",
+                                            "SFC64", "BitGenerator"})
+    """Names that reseed a random generator, restore its state or make one with a state of its own: the seed belongs
+    to the frozen side (prepare.py), and a train.py whose result ignores it would confirm its own lucky draw."""
     file_methods: frozenset[str] = frozenset({"write_text", "write_bytes", "tofile", "touch", "unlink", "mkdir",
                                               "rmdir", "symlink_to", "hardlink_to", "chmod", "lchmod"})
     """Method names that write to the file system whatever object they are called on."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import re
@@ -22,11 +23,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit import REPO_ROOT, gate, sandbox
+from kit.machine import CoreShare, tree_cpu_seconds
 from kit.results import CurveStream, HarnessConfig, Monitor, RunResult, Status
+from kit.seed_check import SIGNATURE_FILE
 
 LOG_LIMIT_BYTES = 50 << 20  # a flood of output is cut here; the process still runs to its limit
 KIT_DIR = REPO_ROOT / "kit"
@@ -41,6 +45,67 @@ def frozen_files(profile) -> list[Path]:
 
 
 @dataclass
+class Clocks:
+    """The harness's own clocks on a training process; train.py's clock is never trusted.
+
+    Start-up, up to the first progress line (or the hand-off, if none comes), may use `startup_cpu` CPU seconds of
+    the process tree and `startup_seconds` of wall clock. From the first progress line to the hand-off (training,
+    then the export), a run on CPUs may use `(budget + handoff_seconds) × cores` CPU seconds, and a run on a GPU
+    `budget + handoff_seconds` of wall clock. CPU time is what training on CPUs buys, and it does not grow when other
+    work shares the machine: an honest run on a busy machine gets less of it per second, never more, so it cannot
+    overrun.
+
+    What a train.py can gain by training where its own timer does not look is therefore bounded. On the cpu profile
+    (two cores), start-up may use 12 CPU seconds where an honest one uses about 3.5, and training 126 where an honest
+    60 s run and its export use about 119: some 8 s of training on two cores, an eighth of the budget. Anything
+    more is tampered, with the clock it overran in the reason."""
+
+    started: float
+    budget: float
+    startup_cpu: float
+    startup_seconds: float
+    handoff_seconds: float
+    cores: int
+    gpu: bool
+    training_started: float | None = None
+    training_cpu: float = 0.0  # the tree's CPU seconds when training started
+
+    @property
+    def deadline(self) -> float:
+        """When the phase the run is in must be over by the wall clock (math.inf: only the hard wall clock)."""
+        if self.training_started is None:
+            return self.started + self.startup_seconds
+        return self.training_started + self.budget + self.handoff_seconds if self.gpu else math.inf
+
+    def overrun(self) -> str:
+        if self.training_started is None:
+            return (f"start-up overran the harness's clock: no progress line or hand-off within "
+                    f"{self.startup_seconds:g} s of the start")
+        return (f"trained past the budget by the harness's clock: no hand-off within {self.budget:g} s + "
+                f"{self.handoff_seconds:g} s of the first progress line, whatever train.py's own clock says")
+
+    def startup_over(self, now: float, cpu_seconds: float, training: bool) -> str | None:
+        """End start-up (the training clocks start if training began); why it was tampered, if it was."""
+        if training:
+            self.training_started, self.training_cpu = now, cpu_seconds
+        if cpu_seconds > self.startup_cpu:
+            return (f"start-up used {cpu_seconds:.1f} CPU seconds before the first progress line, over the profile's "
+                    f"{self.startup_cpu:g}: training there would not count toward the budget")
+        return None
+
+    def handed_off(self, cpu_seconds: float) -> str | None:
+        """At the hand-off: why the training was tampered, if it used more CPU time than the budget buys."""
+        if self.gpu or self.training_started is None:
+            return None
+        used, allowed = cpu_seconds - self.training_cpu, (self.budget + self.handoff_seconds) * self.cores
+        if used > allowed:
+            return (f"trained past the budget by the harness's CPU clock: {used:.1f} CPU seconds from the first "
+                    f"progress line to the hand-off, over ({self.budget:g} s + {self.handoff_seconds:g} s) × "
+                    f"{self.cores} cores = {allowed:g}, whatever train.py's own clock says")
+        return None
+
+
+@dataclass
 class TrainingRun:
     """What the training process did, as the harness saw it from outside."""
 
@@ -50,6 +115,8 @@ class TrainingRun:
     handed_off: bool = False  # prepare.hand_off said the model is exported
     peak_mem_mb: float | None = None  # from the hand-off line
     ended: tuple[Status, str] | None = None  # why the run failed or was stopped, if it was
+    overran: bool = False  # ended by one of the harness's clocks
+    others_share: float = 0.0  # the share of its cores that other processes used while it trained
 
     @property
     def curve(self) -> list[tuple[float, float]]:
@@ -151,6 +218,13 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
     training = TrainingRun(CurveStream(monitor))
 
     def finish(status: Status, reason: str, val_bpb: float | None = None) -> RunResult:
+        if training.others_share > config.contention_limit and (
+                status in (Status.OK, Status.PRUNED, Status.TIMEOUT) or training.overran):
+            measured = f", val_bpb {val_bpb:.6f}" if val_bpb is not None else ""
+            status, val_bpb, reason = Status.CONTENDED, None, (
+                f"other processes used {training.others_share:.0%} of its cores while it trained (over "
+                f"{config.contention_limit:.0%}): not judged; it would have been {status.value}{measured}"
+                + (f" ({reason[:200]})" if reason else ""))
         curve = training.curve
         peak = training.peak_mem_mb if training.handed_off else training.summary_value("peak_mem_mb")
         result = RunResult(
@@ -196,12 +270,16 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
     # weights-only unpickling: a crafted hand-off file must not run code inside the evaluator
     eval_env = _env(profile.name, budget, seed, eval_tmp, {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"})
     eval_log = open(run_dir / "eval.log", "w")  # noqa: SIM115 - closed with the evaluator below
+    share, own = CoreShare(), time.process_time()  # what else used this run's cores, from here to the hand-off
     evaluator = subprocess.Popen(eval_argv, cwd=REPO_ROOT, env=eval_env,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=eval_log, text=True,
                                  start_new_session=True, preexec_fn=sandbox.limit_resources(eval_spec))
     try:
-        _train(training, argv, train_spec, run_dir, deadline, started,
-               env=_env(profile.name, budget, seed, run_dir, extra))
+        clocks = Clocks(started, budget, profile.startup_cpu, profile.startup_seconds, profile.handoff_seconds,
+                        cores=len(share.cores), gpu=device == "cuda")
+        _train(training, argv, train_spec, run_dir, deadline, clocks,
+               env=_env(profile.name, budget, seed, run_dir, extra),
+               others=lambda ours: share.others(ours + time.process_time() - own + tree_cpu_seconds(evaluator.pid)))
         training.timings["training_process"] = time.monotonic() - started
         changed = gate.changed_files(before, gate.hash_files(frozen))
         if changed:
@@ -226,6 +304,8 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
     changed = gate.changed_files(before, gate.hash_files(frozen))
     if changed:
         return finish(Status.TAMPERED, f"frozen files changed during evaluation: {', '.join(changed)}")
+    if verdict.get("token_losses"):  # what the model predicts, for comparing runs under other seeds
+        (run_dir / SIGNATURE_FILE).write_text(json.dumps(verdict["token_losses"]))
     return finish(Status(verdict["status"]), verdict.get("reason", ""), verdict.get("val_bpb"))
 
 
@@ -249,17 +329,20 @@ def _evaluate(evaluator: subprocess.Popen, handoff: Path, deadline: float) -> tu
 
 
 def _train(training: TrainingRun, argv: list[str], spec: sandbox.SandboxSpec, run_dir: Path, deadline: float,
-           started: float, env: dict) -> None:
+           clocks: Clocks, env: dict, others: Callable[[float], float]) -> None:
     """Run the training process to its hand-off (then end it: its exit is not worth waiting for) or its end, filling
-    in training; training.ended says why, unless it handed off or exited cleanly in time."""
+    in training; training.ended says why, unless it handed off or exited cleanly in time. others(ours) is the share
+    of the cores other processes used, given the CPU seconds the training process used."""
     process = _Process(argv, env=env, cwd=run_dir, spec=spec, log_path=run_dir / "train.log")
     try:
-        _watch(training, process, deadline, started)
+        _watch(training, process, deadline, clocks)
+        training.others_share = others(tree_cpu_seconds(process.proc.pid))
+        training.timings["others_share"] = training.others_share
         if training.ended is None and not training.handed_off:
             try:  # stdout closed: give the process until the deadline to exit
                 process.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                training.ended = (Status.TIMEOUT, _timeout_reason(deadline - started))
+                training.ended = (Status.TIMEOUT, _timeout_reason(deadline - clocks.started))
     finally:
         process.kill()  # the whole session: nothing train.py started outlives it
         process.close()
@@ -267,17 +350,22 @@ def _train(training: TrainingRun, argv: list[str], spec: sandbox.SandboxSpec, ru
         training.ended = (Status.CRASH, _crash_reason(training.lines, process.proc.returncode))
 
 
-def _watch(training: TrainingRun, process: _Process, deadline: float, started: float) -> None:
-    """Read output until it ends, the hand-off line comes, the clock runs out or the monitor stops the run."""
+def _watch(training: TrainingRun, process: _Process, deadline: float, clocks: Clocks) -> None:
+    """Read output until it ends, the hand-off line comes, a clock runs out or the monitor stops the run."""
     import prepare
 
+    started = clocks.started
     while True:
         try:
-            line = process.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            line = process.lines.get(timeout=max(0.0, min(deadline, clocks.deadline) - time.monotonic()))
         except queue.Empty:
             line = ""
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             training.ended = (Status.TIMEOUT, _timeout_reason(deadline - started))
+            return
+        if now > clocks.deadline:
+            training.ended, training.overran = (Status.TAMPERED, clocks.overrun()), True
             return
         if line is None:
             return
@@ -285,16 +373,28 @@ def _watch(training: TrainingRun, process: _Process, deadline: float, started: f
             training.lines.append(line)
         elif not line.startswith(prepare.PROGRESS_PREFIX):
             training.lines[-1] = line  # keep the tail of a flood, which holds the traceback
-        if line.startswith(prepare.HANDOFF_PREFIX):
-            training.timings["handoff"] = time.monotonic() - started
+        progress = _parse_progress(line) if line.startswith(prepare.PROGRESS_PREFIX) else None
+        handoff = line.startswith(prepare.HANDOFF_PREFIX)
+        if (progress or handoff) and "startup_cpu" not in training.timings:  # start-up is over: what it cost
+            if progress:
+                training.timings["first_progress"] = now - started
+            training.timings["startup_cpu"] = cpu = tree_cpu_seconds(process.proc.pid)
+            if why := clocks.startup_over(now, cpu, training=progress is not None):
+                training.ended, training.overran = (Status.TAMPERED, why), True
+                return
+        if handoff:
+            training.timings["handoff"] = now - started
+            training.timings["training_cpu"] = cpu = tree_cpu_seconds(process.proc.pid) - clocks.training_cpu
+            if why := clocks.handed_off(cpu + clocks.training_cpu):
+                training.ended, training.overran = (Status.TAMPERED, why), True
+                return
             training.handed_off = True
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 training.peak_mem_mb = float(json.loads(line[len(prepare.HANDOFF_PREFIX):])["peak_mem_mb"])
             return
-        if line.startswith(prepare.PROGRESS_PREFIX) and (point := _parse_progress(line)) is not None:
-            training.timings.setdefault("first_progress", time.monotonic() - started)
-            training.timings["last_progress"] = time.monotonic() - started
-            if reason := training.stream.add(*point):
+        if progress is not None:
+            training.timings["last_progress"] = now - started
+            if reason := training.stream.add(*progress):
                 training.ended = (Status.PRUNED, reason)
                 return
 

@@ -75,7 +75,7 @@ class Record:
     diff: str  # unified diff of train.py against the parent
     parent_commit: str | None  # git commit the edit was applied to
     commit: str | None  # git commit of the edited train.py, if one was made
-    status: str  # a Status value (kit/results.py): ok, pruned, crash, timeout, rejected, tampered
+    status: str  # a Status value (kit/results.py): ok, pruned, crash, timeout, rejected, tampered, contended
     reason: str  # why it ended that way (the traceback's last line, the gate's finding, the stop rule's reason)
     val_bpb: float | None  # the trusted validation bits per byte; None when there is none (NaN is stored as None)
     reward: float | None  # total reward the policy learned from

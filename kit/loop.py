@@ -19,6 +19,7 @@ Does not own: any of those; widgets (the optional on_event callback feeds them).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kit import REPO_ROOT, edits
+from kit import REPO_ROOT, edits, seed_check
 from kit.acceptance import Verdict
 from kit.frontier import Frontier
 from kit.harness import run_experiment
 from kit.ledger import Ledger, Record
+from kit.machine import busiest, wait_until_quiet
 from kit.memory import code_hash
 from kit.policies import REGISTRY, Outcome, Proposal, Setup, State, make_policy
 from kit.ppo import PPOConfig
@@ -41,7 +43,7 @@ from kit.report import write_report
 from kit.results import Environment, HarnessConfig, RunResult, Status
 from kit.reward import Reward, RewardConfig, compute_reward
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, RunState
-from kit.stopping import StopConditions, first_ctrl_c_calls, stop_requested, wait_while_held
+from kit.stopping import STOP_FILE, StopConditions, first_ctrl_c_calls, stop_requested, wait_while_held
 
 CANDIDATE_FILE = "candidate.py"
 PAUSED_FILE = "PAUSED"
@@ -78,6 +80,13 @@ class LoopConfig:
     edit on its one run."""
     max_failures: int = 3
     """Failures in a row that pause the loop."""
+    contention_limit: float = 0.10
+    """Share of a run's cores other processes may use while it trains; above it the run is contended: recorded,
+    not judged, and run again once the machine is quiet (kit/machine.py measures it)."""
+    contended_reruns: int = 2
+    """Times a contended experiment is run again before the loop pauses for the machine to be freed."""
+    quiet_wait: float = 300.0
+    """Seconds the loop waits for a busy machine to become quiet before it runs a contended experiment again."""
     sandbox: str = "auto"
     """Sandbox backend of the harness: auto, bwrap, unshare or none."""
     early_stopping: str = "same-progress"
@@ -104,6 +113,9 @@ class LoopConfig:
             raise ValueError(f"llm_url must start with http:// or https://, got {self.llm_url!r}")
         if self.early_stopping != "none" and self.early_stopping not in RULES:
             raise ValueError(f"early_stopping must be none or one of {', '.join(RULES)}, got {self.early_stopping=}")
+        if not 0 < self.contention_limit <= 1 or self.contended_reruns < 0 or self.quiet_wait < 0:
+            raise ValueError(f"need 0 < contention_limit <= 1, contended_reruns >= 0 and quiet_wait >= 0, got "
+                             f"{self.contention_limit=}, {self.contended_reruns=}, {self.quiet_wait=}")
         if self.noise_repeats < 1 or self.max_failures < 1 or self.confirm_runs < 0:
             raise ValueError(f"need noise_repeats, max_failures >= 1 and confirm_runs >= 0, got "
                              f"{self.noise_repeats=}, {self.max_failures=}, {self.confirm_runs=}")
@@ -134,6 +146,7 @@ class ResearchLoop:
         self.ledger = Ledger(self.run_dir)
         self.repo = TrainRepo(self.run_dir / "repo")
         self.interrupted = False
+        self.contended: str | None = None  # why the loop pauses: its runs could not get the machine to themselves
         try:
             self._resume()
         except BaseException:
@@ -218,8 +231,11 @@ class ResearchLoop:
             reward = Reward(penalty, {"duplicate" if duplicate else "rejected": penalty})
             predictions, predicted = [], None
         else:
-            watch = self._watch(stop_rule=True)
-            result = self.environment(candidate, self._experiment_dir(), self._harness(None), monitor=watch)
+            measured = self._experiment(candidate, None, stop_rule=True, policy=self.config.policy,
+                                        description=description, diff=diff)
+            if measured is None:
+                return
+            result, watch = measured
             predictions, predicted = [d.to_json() for d in watch.decisions], watch.last_prediction
             reward = compute_reward(result.status.value, result.val_bpb, self.state.incumbent_mean,
                                     result.total_seconds, self.budget, list(result.curve), predicted=predicted,
@@ -243,7 +259,10 @@ class ResearchLoop:
         """The baseline again, with another seed each time: how much val_bpb moves when nothing changes. The first
         (seed offset 0, the frozen seed every agent run uses) becomes the incumbent; the others join its mean."""
         seed = self.frozen_seed + self.state.noise_runs
-        result = self.environment(self.source, self._experiment_dir(), self._harness(seed), monitor=self._watch())
+        measured = self._experiment(self.source, seed, policy=NOISE_POLICY, description="baseline", diff="")
+        if measured is None:
+            return
+        result, _ = measured
         decision = self._decide(NOISE_POLICY, result, self.source, "baseline")
         self._record(result, decision, policy=NOISE_POLICY, source=self.source,
                      description=f"baseline (noise floor, seed {seed})", diff="", reward=Reward(0.0, {}), stats={})
@@ -253,7 +272,13 @@ class ResearchLoop:
         when the mean of its runs clears the bar, dropped when it cannot any more."""
         near = self.state.near_miss
         seed = self.frozen_seed + len(near.values)
-        result = self.environment(near.source, self._experiment_dir(), self._harness(seed), monitor=self._watch())
+        measured = self._experiment(near.source, seed, policy=CONFIRM_POLICY, description=near.description,
+                                    diff=near.diff)
+        if measured is None:
+            return
+        result, _ = measured
+        if result.status is Status.OK and (why := self._seed_ignored(result, near.source)):
+            result = dataclasses.replace(result, status=Status.TAMPERED, val_bpb=None, reason=why)
         decision = self._decide(CONFIRM_POLICY, result, near.source, near.description)
         values = near.values + ([result.val_bpb] if result.status is Status.OK else [])
         mean = sum(values) / len(values) if values else float("nan")
@@ -261,6 +286,41 @@ class ResearchLoop:
                      description=f"{near.description} (run {len(values)} of at most {1 + self.config.confirm_runs}, "
                                  f"seed {seed}; mean {mean:.6f})",
                      diff=near.diff, reward=Reward(0.0, {}), stats={})
+
+    def _experiment(self, source: str, seed: int | None, *, policy: str, description: str, diff: str,
+                    stop_rule: bool = False) -> tuple[RunResult, _Watch] | None:
+        """Run one experiment (the stop rule watching, if asked). A contended run is recorded but not judged, and
+        run again once the machine is quiet, up to contended_reruns times; after that None (the loop pauses)."""
+        attempts = 1 + self.config.contended_reruns
+        for attempt in range(1, attempts + 1):
+            watch = self._watch(stop_rule=stop_rule)
+            result = self.environment(source, self._experiment_dir(), self._harness(seed), monitor=watch)
+            if result.status is not Status.CONTENDED:
+                return result, watch
+            self._record(result, Decision(Verdict.DROP, None, self.repo.head()), policy=policy, source=source,
+                         description=f"{description} (contended: attempt {attempt} of {attempts})", diff=diff,
+                         reward=Reward(0.0, {}), stats={})
+            self._emit({"event": "contended", "attempt": attempt, "attempts": attempts})
+            if attempt < attempts and not self._stopping():
+                print(f"waiting up to {self.config.quiet_wait:g} s for the machine to be quiet, then the same "
+                      "experiment again", flush=True)
+                wait_until_quiet(self.config.contention_limit, self.config.quiet_wait,
+                                 give_up=self._stopping)
+        users = ", ".join(f"{name}: {cores:.2f} cores" for name, cores in busiest()) or "no one now"
+        self.contended = (f"paused: {attempts} runs in a row could not get the machine to themselves (using it: "
+                          f"{users}); free it, then run the same command again to resume")
+        return None
+
+    def _seed_ignored(self, result: RunResult, source: str) -> str | None:
+        """Why a re-run under a new seed shows that the train.py ignores its seed (kit/seed_check.py), or None."""
+        def signatures(records) -> list:
+            found = (seed_check.signature(self._experiment_dir(r.iteration)) for r in records if r.status == Status.OK)
+            return [s for s in found if s is not None]
+
+        noise = signatures(r for r in self.state.records if r.policy == NOISE_POLICY)
+        earlier = signatures(r for r in self.state.records if r.code_hash == code_hash(source))
+        return seed_check.seed_ignored(seed_check.signature(Path(result.run_dir)), earlier,
+                                       seed_check.typical_distance(noise))
 
     # the step's helpers -------------------------------------------------------------------------------------------
 
@@ -310,10 +370,11 @@ class ResearchLoop:
 
     def _harness(self, seed: int | None) -> HarnessConfig:
         return HarnessConfig(profile=self.config.profile, budget=self.config.budget, seed=seed,
-                             sandbox=self.config.sandbox)
+                             sandbox=self.config.sandbox, contention_limit=self.config.contention_limit)
 
-    def _experiment_dir(self) -> Path:
-        return self.run_dir / "experiments" / f"{len(self.state.records) + 1:05d}"
+    def _experiment_dir(self, iteration: int | None = None) -> Path:
+        """The harness run directory of an experiment (by default the next one)."""
+        return self.run_dir / "experiments" / f"{iteration or len(self.state.records) + 1:05d}"
 
     def _load_policy(self) -> None:
         checkpoint = self.run_dir / POLICY_FILE
@@ -363,12 +424,19 @@ class ResearchLoop:
             return "stopped by Ctrl-C"
         return stop_requested(self.run_dir) or self.config.stop(self.state.records, time.monotonic() - started)
 
+    def _stopping(self) -> bool:
+        """Whether a stop is asked for (without taking the STOP file away, as _stop_reason does)."""
+        return self.interrupted or (self.run_dir / STOP_FILE).exists()
+
     def _pause_reason(self) -> str | None:
-        if self.state.failures < self.config.max_failures:
+        if self.contended is not None:
+            reason = self.contended
+        elif self.state.failures < self.config.max_failures:
             return None
-        last = self.state.records[-1]
-        reason = (f"paused: {self.state.failures} failures in a row (last: {last.status}: {last.reason[:200]}); "
-                  f"look at {self.run_dir / 'experiments'}, then run the same command again to resume")
+        else:
+            last = self.state.records[-1]
+            reason = (f"paused: {self.state.failures} failures in a row (last: {last.status}: {last.reason[:200]}); "
+                      f"look at {self.run_dir / 'experiments'}, then run the same command again to resume")
         (self.run_dir / PAUSED_FILE).write_text(reason + "\n")
         return reason
 

@@ -1,14 +1,19 @@
-"""The machine as /proc shows it: the CPU time of this process's descendants and of the whole machine.
+"""The machine as /proc shows it: the CPU time of process trees, of cores and of the whole machine.
 
-Owns: `CpuWatch`, how much of the machine's CPU a run, and everything else, used while it went on. Linux only, like
-the sandbox. Does not own: what is done with the numbers (kit/bench/recorder.py).
+Owns: `CpuWatch` (how much of the machine's CPU a recorded run, and everything else, used while it went on),
+`CoreShare` (how much of a run's own cores other processes took: the harness's contention measurement),
+`tree_cpu_seconds` (what a process tree has spent: the harness's CPU clock) and `busiest` (who is using the
+machine, for a message). Linux only, like the sandbox. Does not own: what is done with the numbers (kit/harness.py,
+kit/loop.py, kit/bench/recorder.py).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -47,15 +52,81 @@ class CpuWatch:
                 return
 
 
+class CoreShare:
+    """The share of a set of cores that processes other than ours used from construction until `others()` is asked:
+    (busy time of those cores - CPU time of our processes) / (wall time × cores). A run whose cores were shared
+    got fewer steps, and a slower clock for each, than it would have alone: it cannot be compared with others."""
+
+    def __init__(self, cores: set[int] | None = None):
+        self.cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+        self.started, self.busy = time.monotonic(), busy_ticks(self.cores)
+
+    def others(self, ours_seconds: float) -> float:
+        """ours_seconds: CPU seconds our own processes used since construction."""
+        wall = time.monotonic() - self.started
+        busy = (busy_ticks(self.cores) - self.busy) / TICKS
+        return max(busy - ours_seconds, 0.0) / (wall * len(self.cores)) if wall > 0 else 0.0
+
+
+def wait_until_quiet(limit: float, timeout: float, give_up: Callable[[], bool], window: float = 2.0) -> float:
+    """Wait, `window` seconds at a time, until other processes use at most `limit` of this process's cores, for at
+    most `timeout` seconds or until give_up() says so; the share last seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        share, own = CoreShare(), time.process_time()
+        time.sleep(window)
+        others = share.others(time.process_time() - own)
+        if others <= limit or time.monotonic() >= deadline or give_up():
+            return others
+
+
+def busiest(seconds: float = 1.0, exclude: int | None = None, top: int = 3) -> list[tuple[str, float]]:
+    """The processes (but `exclude`'s tree) that used the most CPU over the next `seconds`, as (name and pid, cores
+    used): what to name when a run cannot get the machine to itself."""
+    before = _processes()
+    time.sleep(seconds)
+    after = _processes()
+    ours = _tree(exclude, after) if exclude is not None else set()
+    used = [(after[pid][1] - before[pid][1]) / TICKS / seconds for pid in after if pid in before and pid not in ours]
+    pids = [pid for pid in after if pid in before and pid not in ours]
+    ranked = sorted(zip(used, pids, strict=True), reverse=True)[:top]
+    return [(f"{_name(pid)} (pid {pid})", round(share, 2)) for share, pid in ranked if share >= 0.05]
+
+
+def _name(pid: int) -> str:
+    try:
+        return re.sub(r"\s+", " ", Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")).strip()[:80] or Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def busy_ticks(cores: list[int] | None) -> int:
+    """Busy clock ticks of the given cores (None: all) since boot (user, nice, system, irq, softirq, steal)."""
+    total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and (cores is None or int(name[3:]) in cores):
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            total += user + nice + system + irq + softirq + steal
+    return total
+
+
 def _machine_busy() -> int:
-    """Busy clock ticks of all cores since boot (user, nice, system, irq, softirq, steal)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+    return busy_ticks(None)
 
 
-def _descendants(root: int) -> dict[int, int]:
-    """utime + stime ticks of every live descendant of root."""
-    parents, ticks = {}, {}
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds a process and every descendant used so far, the reaped ones included (their time is in their
+    parents' cutime and cstime): what a training process has spent, however it split the work."""
+    table = _processes()
+    tree = _tree(root, table)
+    return sum(own + children for pid, (_, own, children) in table.items() if pid in tree) / TICKS
+
+
+def _processes() -> dict[int, tuple[int, int, int]]:
+    """Every live process: pid -> (parent, its own utime + stime ticks, its reaped children's ticks)."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -64,13 +135,23 @@ def _descendants(root: int) -> dict[int, int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        parents[int(entry.name)] = int(fields[1])
-        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
-    out = {}
-    for pid in ticks:
+        table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
+    return table
+
+
+def _tree(root: int, table: dict[int, tuple[int, int, int]]) -> set[int]:
+    """root and its live descendants."""
+    tree = set()
+    for pid in table:
         p = pid
-        while p in parents and p != root and p > 1:
-            p = parents[p]
-        if p == root and pid != root:
-            out[pid] = ticks[pid]
-    return out
+        while p in table and p != root and p > 1:
+            p = table[p][0]
+        if p == root:
+            tree.add(pid)
+    return tree
+
+
+def _descendants(root: int) -> dict[int, int]:
+    """utime + stime ticks of every live descendant of root."""
+    table = _processes()
+    return {pid: table[pid][1] for pid in _tree(root, table) if pid != root}

@@ -19,7 +19,8 @@ import numpy as np
 
 from kit.results import Status
 
-STATUSES = tuple(status.value for status in Status)
+# a contended run was never judged and never enters the memory (kit/run_state.py), so it has no share of its own
+STATUSES = tuple(status.value for status in Status if status is not Status.CONTENDED)
 REWARD_HISTORY = 8  # rewards of the latest experiments in the observation
 OBSERVATION_NAMES = (
     "has_ok",  # 1 once an ok run exists

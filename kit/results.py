@@ -23,6 +23,7 @@ class Status(enum.StrEnum):
     TIMEOUT = "timeout"
     REJECTED = "rejected"  # refused before it ran (the gate, an edit that does not apply, a duplicate)
     TAMPERED = "tampered"
+    CONTENDED = "contended"  # other processes took too much of its cores while it trained: not judged, run again
 
 
 FAILURES = frozenset({Status.CRASH, Status.TIMEOUT, Status.REJECTED, Status.TAMPERED})
@@ -71,6 +72,9 @@ class HarnessConfig:
     """Sandbox backend: auto, bwrap, unshare or none."""
     run_gate: bool = True
     """Apply the static gate first. Only tests of the deeper defenses turn it off."""
+    contention_limit: float = 0.10
+    """Share of its cores that other processes may use while a run trains before the run is contended (not
+    judged); 1.0 never calls a run contended."""
 
 
 Monitor = Callable[[list[tuple[float, float]]], "str | None"]

@@ -91,7 +91,7 @@ class RunState:
 
     @property
     def noise_runs(self) -> int:
-        return sum(r.policy == NOISE_POLICY for r in self.records)
+        return sum(r.policy == NOISE_POLICY and r.status != Status.CONTENDED for r in self.records)
 
     @property
     def incumbent_mean(self) -> float | None:
@@ -125,6 +125,9 @@ class RunState:
 
     def add(self, record: Record, source: str | None = None) -> None:
         """Take in one finished record (in ledger order); source is the train.py it ran, where needs_source."""
+        if record.status == Status.CONTENDED:  # never judged: it changes nothing but the count of records
+            self.records.append(record)
+            return
         verdict = self.verdict(record.policy, record.status, record.val_bpb)  # as the loop judged it
         ok = record.status == Status.OK and record.val_bpb is not None
         near_miss = self.near_miss

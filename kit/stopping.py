@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kit import bound
 from kit.ledger import Record
+from kit.results import Status
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY
 
 STOP_FILE, HOLD_FILE = "STOP", "HOLD"
@@ -62,11 +63,12 @@ class StopConditions:
         return self._converged(records)
 
     def _converged(self, records: list[Record]) -> str | None:
-        agent = [r for r in records if r.policy not in (NOISE_POLICY, CONFIRM_POLICY)]
+        judged = [r for r in records if r.status != Status.CONTENDED]  # a contended run was never judged
+        agent = [r for r in judged if r.policy not in (NOISE_POLICY, CONFIRM_POLICY)]
         if len(agent) < self.convergence_window:
             return None
         # re-runs of a near miss are left out: they are not proposals, and a lucky seed is not an improvement
-        values = [r.val_bpb if r.status == "ok" else None for r in records if r.policy != CONFIRM_POLICY]
+        values = [r.val_bpb if r.status == Status.OK else None for r in judged if r.policy != CONFIRM_POLICY]
         estimate = bound.improvement_probability(values, self.epsilon, window=self.convergence_window)
         if estimate.upper >= self.convergence_threshold:
             return None

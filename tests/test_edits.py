@@ -125,7 +125,7 @@ def test_real_catalog_spot_checks():
     assert by_name["ADAM_BETA2"][-2:] == ["ADAM_BETA2 -0.0199", "ADAM_BETA2 +0.0199"]  # [0.8, 0.999] is narrow
     assert by_name["QK_NORM"] == ["toggle QK_NORM"]
     assert by_name["WINDOW_PATTERN"][:2] == ["WINDOW_PATTERN -> 'L'", "WINDOW_PATTERN -> 'SL'"]
-    assert "UNTIMED_STEPS" not in by_name  # declares no range
+    assert "EXTRA_STEPS" not in {e.name for e in build_catalog(REAL + "EXTRA_STEPS = 3  # declares no range\n")}
 
 
 def test_custom_catalog_comes_from_its_own_ranges():
@@ -422,8 +422,8 @@ def test_config_vector_is_float32_in_the_unit_interval_and_follows_the_knobs():
         assert (moved[i] > vector[i]) == grows and moved[i] != vector[i]
         assert np.array_equal(np.delete(moved, i), np.delete(vector, i))
     assert config_vector(REAL, ["MATRIX_LR", "DEPTH"]).tolist() == vector[[names.index("MATRIX_LR"), 0]].tolist()
-    with pytest.raises(EditError, match="UNTIMED_STEPS is not a ranged hyperparameter"):
-        config_vector(REAL, ["UNTIMED_STEPS"])
+    with pytest.raises(EditError, match="EXTRA_STEPS is not a ranged hyperparameter"):
+        config_vector(REAL + "EXTRA_STEPS = 3  # declares no range\n", ["EXTRA_STEPS"])
 
 
 # unified diffs ----------------------------------------------------------------------------------------------------

@@ -212,6 +212,13 @@ ATTACKS = {
     "seed_everything(1)": "seed_everything(...) reseeds",
     "set_seed(1)": "set_seed(...) reseeds",
     "reseed = torch.manual_seed": "manual_seed(...) reseeds",
+    # a generator state of its own: restored, forked or built from a constant
+    "np.random.set_state(state)": "set_state(...) reseeds",
+    "torch.Generator().set_state(state)": "set_state(...) reseeds",
+    "with torch.random.fork_rng():\n    pass": "fork_rng(...) reseeds",
+    "rng = np.random.default_rng(7)": "default_rng(...) reseeds",
+    "rng = np.random.RandomState(7)": "RandomState(...) reseeds",
+    "rng = np.random.Generator(np.random.PCG64(7))": "PCG64(...) reseeds",
     # interpreter escapes
     "x = ().__class__": ".__class__ reaches interpreter internals",
     "x = F.__dict__": ".__dict__ reaches interpreter internals",

@@ -219,3 +219,43 @@ def test_the_cli_says_so_in_one_line(smoke_data, tmp_path, capsys):
                  str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "move it away" in err
+
+
+def _hog() -> subprocess.Popen:
+    """A process spinning on one of the loop's cores (it inherits their affinity)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def test_a_contended_run_is_recorded_not_judged_and_run_again_once_the_machine_is_quiet(smoke_data, tmp_path):
+    hog = _hog()
+
+    def on_event(event):  # the machine is freed as soon as the loop says the run was contended
+        if event["event"] == "contended":
+            hog.kill()
+
+    try:
+        reason = run_loop(loop_config(tmp_path, iterations=2, budget=1.0, noise_repeats=1, quiet_wait=60),
+                          on_event=on_event)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert reason.startswith("iterations: 2")
+    first, again = ledger_records(tmp_path / "run")
+    assert first.status == "contended" and first.val_bpb is None and not first.accepted
+    assert "(contended: attempt 1 of 3)" in first.description
+    # the same experiment again: the baseline's first noise-floor run, kept as the incumbent
+    assert again.status == "ok" and again.accepted and again.policy == NOISE_POLICY
+    assert again.code_hash == first.code_hash and again.seed == first.seed
+    assert "contended" in (tmp_path / "run" / "results.tsv").read_text()
+
+
+def test_a_machine_that_stays_busy_pauses_the_loop_and_names_what_uses_it(smoke_data, tmp_path):
+    hog = _hog()
+    try:
+        reason = run_loop(loop_config(tmp_path, iterations=5, budget=1.0, contended_reruns=1, quiet_wait=1))
+    finally:
+        hog.kill()
+        hog.wait()
+    assert reason.startswith("paused: 2 runs in a row could not get the machine to themselves"), reason
+    assert f"pid {hog.pid}" in reason and (tmp_path / "run" / "PAUSED").exists()
+    assert [r.status for r in ledger_records(tmp_path / "run")] == ["contended", "contended"]

@@ -3,8 +3,9 @@
 import os
 import subprocess
 import sys
+import time
 
-from kit.machine import CpuWatch
+from kit.machine import CoreShare, CpuWatch, busiest, tree_cpu_seconds, wait_until_quiet
 
 SPIN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end:\n    pass\n"
 
@@ -28,3 +29,49 @@ def test_cpu_watch_sees_a_process_that_is_not_its_own_take_a_core():
         assert watch.own_share < 0.2
     finally:
         os.kill(hog, 9)
+
+
+def _hog() -> subprocess.Popen:
+    """A process spinning on one of this process's cores (it inherits their affinity), not part of any run."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def test_the_cpu_time_of_a_tree_counts_children_already_gone():
+    script = (f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {SPIN.format(seconds=0.6)!r}])\n"
+              "print('done', flush=True)\ninput()\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "done"  # the child spun, exited and was reaped
+        assert tree_cpu_seconds(parent.pid) >= 0.55
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_the_share_of_its_cores_that_others_take_is_seen_and_named():
+    quiet = CoreShare()
+    time.sleep(0.3)
+    baseline = quiet.others(0.0)
+    hog = _hog()
+    try:
+        share = CoreShare()
+        time.sleep(1.5)
+        assert share.others(0.0) >= 0.8 / len(share.cores) > baseline  # about one core of ours
+        assert any(f"pid {hog.pid}" in name and cores > 0.5 for name, cores in busiest(1.0))
+        # the hog stays: waiting for quiet gives up at its timeout and says how busy it still was
+        assert wait_until_quiet(0.1, timeout=0.0, give_up=lambda: False, window=0.5) > 0.1
+    finally:
+        hog.kill()
+        hog.wait()
+    assert not any(f"pid {hog.pid}" in name for name, _ in busiest(0.5))
+
+
+def test_waiting_for_quiet_ends_when_asked():
+    hog = _hog()
+    try:
+        started = time.monotonic()
+        wait_until_quiet(0.1, timeout=600, give_up=lambda: time.monotonic() - started > 1, window=0.5)
+        assert time.monotonic() - started < 60
+    finally:
+        hog.kill()
+        hog.wait()

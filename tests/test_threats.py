@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from kit import sandbox
+from kit.gate import check_source
 from kit.harness import LOG_LIMIT_BYTES, run_experiment
 from kit.results import HarnessConfig, Status
 
@@ -586,7 +587,44 @@ def test_spawned_processes_outlive_a_run_without_a_sandbox(smoke_data, tmp_path)
     assert len(survivors) == 1  # the attack works where nothing but the process group is killed
 
 
-# 9. ignoring the budget ---------------------------------------------------------------------------------------
+# 9. compute the budget does not count ---------------------------------------------------------------------------
+# Edits the gate lets through, each buying several times the budget's compute if the harness believed train.py's
+# clock. The harness's own clocks (kit.harness.Clocks) catch each: how it counts does not matter.
+
+HIDDEN = """x, y = next(train_loader)
+hidden = time.perf_counter()
+while time.perf_counter() - hidden < 4 * TIME_BUDGET:  # train before the first progress line: nobody times it
+    train_model(x, y).backward()
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    x, y = next(train_loader)
+step, training_time = 0, 0.0"""
+MORE_COMPUTE = {
+    "a clock at a quarter of the speed": ("training_time += time.perf_counter() - t0",
+                                          "training_time += (time.perf_counter() - t0) / 4"),
+    "the budget rebound": ("step, training_time = 0, 0.0", "step, training_time = 0, 0.0\nTIME_BUDGET = 4 * TIME_BUDGET"),
+    "every step untimed": ("step, training_time = 0, 0.0", "step, training_time = 0, 0.0\nUNTIMED_STEPS = 10**9\n"
+                           "stop = time.perf_counter() + 4 * TIME_BUDGET"),
+    "training before the timer starts": ("x, y = next(train_loader)\nstep, training_time = 0, 0.0", HIDDEN),
+}
+
+
+@pytest.mark.parametrize("attack", MORE_COMPUTE)
+def test_compute_that_train_pys_clock_does_not_count_is_tampered(smoke_data, baseline_source, baseline_run, attack,
+                                                                 tmp_path):
+    old, new = MORE_COMPUTE[attack]
+    source = baseline_source.replace(old, new)
+    if attack == "every step untimed":  # it must end somewhere: four budgets by the wall clock
+        source = source.replace("while training_time < TIME_BUDGET:", "while time.perf_counter() < stop:")
+    assert source != baseline_source and check_source(source).ok, check_source(source).summary()  # the gate allows it
+    result = _run(source, tmp_path, budget=2)
+    assert result.status is Status.TAMPERED and result.val_bpb is None, result
+    assert "trained past the budget" in result.reason or "before the first progress line" in result.reason, \
+        result.reason
+    assert baseline_run.status is Status.OK  # control: the unpatched baseline fits the clocks
+
+
 
 IGNORE_BUDGET = """\
 import time

@@ -4,7 +4,7 @@ Owns: choosing what to record (the baseline under other seeds, short random walk
 and random settings of a few knobs at once to fill the space), running each to its end with the harness, and
 the dataset file: one gzip member per run appended to a .jsonl.gz, so a killed recording loses at most the run
 in flight and resumes where it stopped. Loading it back for the early-stopping and agent benchmarks.
-Does not own: running experiments (kit/harness.py), measuring the machine (kit/machine.py) or forecasting curves
+Does not own: running experiments or measuring their contention (kit/harness.py), or forecasting curves
 (kit/predictor.py).
 """
 
@@ -27,7 +27,6 @@ import numpy as np
 from kit import REPO_ROOT, edits
 from kit.harness import run_experiment
 from kit.hyperparams import Hyperparameter
-from kit.machine import CpuWatch
 from kit.results import HarnessConfig, RunResult
 
 KIND_SHARES = {"baseline": 0.15, "walk": 0.5, "scatter": 0.35}
@@ -36,7 +35,7 @@ KIND_SHARES = {"baseline": 0.15, "walk": 0.5, "scatter": 0.35}
 
 
 MAX_OTHERS_SHARE = 0.03
-"""Runs during which other processes used more than this share of the machine's CPU are left out of benchmarks:
+"""Runs during which other processes used more than this share of their cores are left out of benchmarks:
 on the recording machine a baseline run lost about 10 % of its steps at a share of 0.05."""
 
 
@@ -144,8 +143,7 @@ def _commit() -> str | None:
         return None
 
 
-def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: float, load: tuple,
-              cpu: CpuWatch) -> dict:
+def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: float, load: tuple) -> dict:
     """The dataset's row for one run: enough to replay its curve and rebuild its train.py from the baseline."""
     knobs = edits.knobs(baseline)
     return {
@@ -157,9 +155,8 @@ def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: 
         "curve": [[round(t, 3), round(loss, 5)] for t, loss in result.curve],
         "device": result.fingerprint.get("device"), "profile": result.fingerprint.get("profile"),
         "baseline_sha256": hashlib.sha256(baseline.encode()).hexdigest()[:16], "kit_commit": _commit(),
-        # shares of the machine's CPU (wall seconds × cores) used by the run's processes and by everything else
-        "loadavg": [round(x, 2) for x in load], "cpu_share": round(cpu.own_share, 3),
-        "others_cpu_share": round(cpu.others_share, 3),
+        # the share of the run's cores other processes used while it trained, as the harness measured it
+        "loadavg": [round(x, 2) for x in load], "others_cpu_share": round(result.timings.get("others_share", 0.0), 3),
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -182,11 +179,11 @@ def record(out: Path, runs: int, profile: str = "cpu", seed: int = 0, budget: fl
         run_dir = work_dir / f"{index:05d}"
         shutil.rmtree(run_dir, ignore_errors=True)
         load_before = os.getloadavg()[0]
-        with CpuWatch() as cpu:
-            result = run_experiment(source, run_dir, HarnessConfig(profile=profile, budget=budget, seed=plan.seed,
-                                                                   sandbox=sandbox))
+        # every run is kept, with its contention: the benchmarks leave out the ones that did not run alone
+        result = run_experiment(source, run_dir, HarnessConfig(profile=profile, budget=budget, seed=plan.seed,
+                                                               sandbox=sandbox, contention_limit=1.0))
         (run_dir / "model.pt2").unlink(missing_ok=True)  # the curve and result.json are what we keep
-        row = to_record(index, plan, result, baseline, budget, (load_before, os.getloadavg()[0]), cpu)
+        row = to_record(index, plan, result, baseline, budget, (load_before, os.getloadavg()[0]))
         _append(out, row)
         records.append(row)
         shown = f"{result.val_bpb:.4f}" if result.val_bpb is not None else result.status.value
