@@ -319,8 +319,8 @@ class ResearchLoop:
 
         noise = signatures(r for r in self.state.records if r.policy == NOISE_POLICY)
         earlier = signatures(r for r in self.state.records if r.code_hash == code_hash(source))
-        return seed_check.seed_ignored(seed_check.signature(Path(result.run_dir)), earlier,
-                                       seed_check.typical_distance(noise))
+        new = seed_check.signature(Path(result.run_dir)) if result.run_dir else None  # stand-in worlds have none
+        return seed_check.seed_ignored(new, earlier, seed_check.typical_distance(noise))
 
     # the step's helpers -------------------------------------------------------------------------------------------
 
