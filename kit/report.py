@@ -11,17 +11,21 @@ import json
 import os
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from kit.ledger import Ledger, Record
 from kit.results import FAILURES, Status
-from kit.run_state import runs_of
+from kit.run_state import NOISE_POLICY, RunState, runs_of
 
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"  # autoresearch's results.tsv, column for column
 
 
 def tsv_status(record: Record) -> str:
-    """autoresearch's status word: keep (accepted), discard (ok or pruned, not accepted), crash (every failure)."""
+    """autoresearch's status word: keep (accepted), discard (ok or pruned, not accepted), crash (every failure), and
+    one of the kit's own: contended (the machine was busy, so the run was neither kept nor discarded)."""
+    if record.status == Status.CONTENDED:
+        return "contended"
     return "crash" if record.status in FAILURES else "keep" if record.accepted else "discard"
 
 
@@ -50,31 +54,87 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m {seconds % 60:02d}s"
 
 
+@dataclass(frozen=True)
+class Standing:
+    """What a run directory delivers, as the loop judges it: the kept train.py's runs against the baseline's."""
+
+    baseline: list[float]  # val_bpb of the baseline's ok runs (its noise floor, then any re-runs)
+    kept: list[float]  # val_bpb of the ok runs of the train.py kept last (the baseline's, if no edit was kept)
+    edits_kept: int
+    spread: float | None  # standard deviation of the noise floor's runs (None with fewer than two)
+    noise_runs: int
+
+    @property
+    def gain(self) -> float:
+        """How much lower the kept train.py's mean is than the baseline's (positive: better)."""
+        return statistics.fmean(self.baseline) - statistics.fmean(self.kept)
+
+
+def standing(records: list[Record]) -> Standing | None:
+    """The kept train.py against the baseline, or None before the baseline has an ok run."""
+    state = RunState()
+    for record in records:
+        state.add(record)
+    noise = [r.val_bpb for r in records if r.policy == NOISE_POLICY and r.status == Status.OK and r.val_bpb is not None]
+    kept = [r for r in records if r.accepted]
+    if state.incumbent is None or not kept:
+        return None
+    return Standing(runs_of(records, kept[0].code_hash), list(state.incumbent.values), len(kept) - 1,
+                   statistics.stdev(noise) if len(noise) >= 2 else None, len(noise))
+
+
+def incumbent_means(records: list[Record]) -> list[tuple[int, float]]:
+    """(iteration, mean val_bpb of the train.py kept then) after every record from the first kept one on: the line a
+    reader should follow, since the loop judges a train.py by the mean of its runs, never by one lucky run."""
+    state, points = RunState(), []
+    for record in records:
+        state.add(record)
+        if state.incumbent_mean is not None:
+            points.append((record.iteration, state.incumbent_mean))
+    return points
+
+
+def _headline(result: Standing | None) -> list[str]:
+    if result is None:
+        return ["train.py now: not measured yet (the baseline has no ok run).", ""]
+    spread = (f"the noise floor ({result.noise_runs} runs of the baseline under different seeds) spreads "
+              f"{result.spread:.6f} (standard deviation)" if result.spread is not None
+              else "the noise floor is not measured (fewer than two runs of the baseline)")
+    base = statistics.fmean(result.baseline)
+    if result.edits_kept == 0:
+        return [f"train.py now: **the baseline**, no edit kept: mean val_bpb **{base:.6f}** over "
+                f"{len(result.baseline)} run(s); {spread}.", ""]
+    gain = result.gain
+    size = f", {abs(gain) / result.spread:.1f} of that spread" if result.spread else ""
+    return [f"train.py now: mean val_bpb **{statistics.fmean(result.kept):.6f}** over {len(result.kept)} run(s), "
+            f"against the baseline's {base:.6f} over {len(result.baseline)}: {abs(gain):.6f} "
+            f"{'lower (better)' if gain >= 0 else 'higher (worse)'}, {100 * abs(gain) / base:.2f} %{size}; "
+            f"{result.edits_kept} edit(s) kept; {spread}.", ""]
+
+
+def _best_single_run(measured: list[Record]) -> list[str]:
+    if not measured:
+        return ["Best single run: none yet (no ok run).", ""]
+    best = min(measured, key=lambda r: r.val_bpb)
+    line = (f"Best single run: {best.val_bpb:.6f} (one run under one seed, not a mean: iteration {best.iteration}, "
+            f"{tsv_status(best)}, policy {best.policy}): {_one_line(best.description)}.")
+    if best.policy == NOISE_POLICY:
+        line += (" It is a noise-floor run of the unchanged baseline: how far it lies below the baseline's mean is "
+                 "luck, not an improvement.")
+    return [line, ""]
+
+
 def summary_markdown(records: list[Record]) -> str:
-    """A short report: counts, the best val_bpb and what it tried, improvement over the first ok run, time spent."""
+    """A short report: what train.py is now against the baseline (means, with the noise floor's spread), the best
+    single run labelled as one, counts, time spent."""
     words = [tsv_status(r) for r in records]
-    lines = ["# Run summary", "",
+    measured = [r for r in records if r.status == Status.OK and r.val_bpb is not None]
+    lines = ["# Run summary", "", *_headline(standing(records)), *_best_single_run(measured),
              f"{len(records)} experiments: {words.count('keep')} kept, {words.count('discard')} discarded, "
-             f"{words.count('crash')} crashed.", "", "| status | count |", "|---|---:|"]
+             f"{words.count('crash')} crashed, {words.count('contended')} contended (not judged).", "",
+             "| status | count |", "|---|---:|"]
     lines += [f"| {s.value} | {sum(r.status == s.value for r in records)} |" for s in Status]
     lines.append("")
-    measured = [r for r in records if r.status == Status.OK.value and r.val_bpb is not None]
-    if measured:
-        best, first = min(measured, key=lambda r: r.val_bpb), measured[0]
-        gain = first.val_bpb - best.val_bpb
-        lines += [f"Best val_bpb: **{best.val_bpb:.6f}** (iteration {best.iteration}, {tsv_status(best)}, "
-                  f"policy {best.policy}): {_one_line(best.description)}", "",
-                  f"First ok run: {first.val_bpb:.6f} (iteration {first.iteration}); the best improves on it by "
-                  f"{gain:.6f} ({100 * gain / first.val_bpb:.2f}%).", ""]
-    else:
-        lines += ["Best val_bpb: none yet (no ok run).", ""]
-    kept = [r for r in records if r.accepted]
-    if kept:  # the best single run may be a lucky draw; the kept train.py is judged by the mean of its runs
-        final, baseline = runs_of(records, kept[-1].code_hash), runs_of(records, kept[0].code_hash)
-        gain = statistics.fmean(baseline) - statistics.fmean(final)
-        lines += [f"train.py now: mean val_bpb **{statistics.fmean(final):.6f}** over {len(final)} run(s), against "
-                  f"the baseline's {statistics.fmean(baseline):.6f} over {len(baseline)}: {gain:+.6f} "
-                  f"({100 * gain / statistics.fmean(baseline):+.2f}%), {len(kept) - 1} edit(s) kept.", ""]
     if records:
         span = (records[-1].created or 0.0) - (records[0].created or 0.0)
         lines += [f"Time: {_duration(sum(r.training_seconds for r in records))} training, "
@@ -89,7 +149,8 @@ def summary_markdown(records: list[Record]) -> str:
 
 
 def _plot_progress(records: list[Record], path: Path) -> None:
-    """val_bpb of every measured experiment over its iteration, kept ones highlighted, the best-so-far step line."""
+    """Every measured run as a point (noise-floor seeds apart), the kept train.py's mean as the line to follow, the
+    noise floor as a band around the baseline's mean, and the best single run marked as a single run."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -99,31 +160,49 @@ def _plot_progress(records: list[Record], path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     failed = [r for r in records if r.status in FAILURES]
+    contended = [r for r in records if r.status == Status.CONTENDED]
     measured = [r for r in records if r.val_bpb is not None and r.status not in FAILURES]
-    kept, others = [r for r in measured if r.accepted], [r for r in measured if not r.accepted]
+    noise = [r for r in measured if r.policy == NOISE_POLICY]
+    kept_code = {r.code_hash for r in records if r.accepted}
+    kept = [r for r in measured if r.code_hash in kept_code and r.policy != NOISE_POLICY]
+    others = [r for r in measured if r.code_hash not in kept_code and r.policy != NOISE_POLICY]
+    result, last = standing(records), max((r.iteration for r in records), default=0)
+    if result is not None and result.spread:
+        base = statistics.fmean(result.baseline)
+        ax.axhspan(base - result.spread, base + result.spread, color="#4c72b0", alpha=0.12, lw=0,
+                   label=f"noise floor: baseline mean ± 1 sd ({result.spread:.4f})")
     ax.scatter([r.iteration for r in others], [r.val_bpb for r in others], s=14, color="#b0b0b0",
-               label=f"discarded ({len(others)})")
+               label=f"single runs, not kept ({len(others)})")
+    ax.scatter([r.iteration for r in noise], [r.val_bpb for r in noise], s=22, facecolors="none",
+               edgecolors="#4c72b0", label=f"baseline under other seeds ({len(noise)})")
     ax.scatter([r.iteration for r in kept], [r.val_bpb for r in kept], s=40, color="#2a9d4b", edgecolors="black",
-               zorder=3, label=f"kept ({len(kept)})")
-    for r in kept:
+               zorder=3, label=f"runs of kept edits ({len(kept)})")
+    for r in (r for r in kept if r.accepted):
         ax.annotate(_one_line(r.description)[:40], (r.iteration, r.val_bpb), xytext=(4, 4), textcoords="offset points",
                     fontsize=7, rotation=20, color="#1d6e34")
-    if kept:
-        best = np.minimum.accumulate([r.val_bpb for r in kept])
-        last = max(r.iteration for r in records)
-        ax.step([r.iteration for r in kept] + [last], [*best, best[-1]], where="post", color="#2a9d4b",
-                label=f"best so far ({best[-1]:.6f})")
-    if failed:  # no val_bpb to plot: a mark along the top edge says when they happened
-        ax.scatter([r.iteration for r in failed], [1.0] * len(failed), transform=ax.get_xaxis_transform(),
-                   marker="x", color="#d62728", clip_on=False, label=f"failed ({len(failed)})")
+    if means := incumbent_means(records):
+        xs, ys = zip(*means, strict=True)
+        ax.step([*xs, last], [*ys, ys[-1]], where="post", color="#2a9d4b", lw=2,
+                label=f"train.py kept: mean of its runs ({ys[-1]:.6f})")
+    if measured:
+        best = min((r for r in measured if r.status == Status.OK), key=lambda r: r.val_bpb, default=None)
+        if best is not None:
+            ax.scatter([best.iteration], [best.val_bpb], s=90, marker="*", color="#e69f00", zorder=4,
+                       label=f"best single run, one seed ({best.val_bpb:.6f})")
+    marks = [(failed, "x", "#d62728", "failed"), (contended, "|", "#ff7f0e", "contended, not judged")]
+    for group, marker, color, name in marks:  # no val_bpb to plot: a mark along the top edge says when they happened
+        if group:
+            ax.scatter([r.iteration for r in group], [1.0] * len(group), transform=ax.get_xaxis_transform(),
+                       marker=marker, color=color, clip_on=False, label=f"{name} ({len(group)})")
     if measured:
         values = np.array([r.val_bpb for r in measured])
-        top = max(np.quantile(values, 0.9), max((r.val_bpb for r in kept), default=values.min()))
+        top = max(np.quantile(values, 0.9), max((r.val_bpb for r in kept + noise), default=values.min()))
         pad = 0.05 * (top - values.min()) or 0.01
         ax.set_ylim(values.min() - pad, top + pad)  # a few diverged runs must not flatten the interesting band
     else:
         ax.text(0.5, 0.5, "no measured experiments yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set(title=f"{len(records)} experiments, {len(kept)} kept", xlabel="iteration", ylabel="val_bpb (lower: better)")
+    title = f"{len(records)} experiments, {result.edits_kept if result else 0} edit(s) kept"
+    ax.set(title=title, xlabel="iteration", ylabel="val_bpb (lower: better)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.savefig(path, format="png")

@@ -16,6 +16,7 @@ RUNS = [  # (status, accepted, val_bpb, expected results.tsv status)
     ("tampered", False, 0.100000, "crash"),  # a tampered run's number is never reported
     ("pruned", False, 1.400000, "discard"),
     ("ok", False, 4.0, "discard"),
+    ("contended", False, None, "contended"),  # the machine was busy: neither kept nor discarded
 ]
 
 
@@ -58,12 +59,14 @@ def test_progress_png_is_a_real_image(tmp_path):
 def test_summary_states_counts_and_the_best_val_bpb(tmp_path):
     _, paths = _report(tmp_path)
     text = paths["summary.md"].read_text()
-    assert "10 experiments: 2 kept, 4 discarded, 4 crashed." in text
-    for status, count in {"ok": 4, "pruned": 2, "crash": 1, "timeout": 1, "rejected": 1, "tampered": 1}.items():
+    assert "11 experiments: 2 kept, 4 discarded, 4 crashed, 1 contended (not judged)." in text
+    for status, count in {"ok": 4, "pruned": 2, "crash": 1, "timeout": 1, "rejected": 1, "tampered": 1,
+                          "contended": 1}.items():
         assert f"| {status} | {count} |" in text
-    assert "Best val_bpb: **1.250000** (iteration 4, keep, policy ppo): try 4 things" in text
-    assert "First ok run: 1.500000 (iteration 0); the best improves on it by 0.250000 (16.67%)." in text
-    assert "Time: 0h 10m 00s training" in text and "Policies: ppo 10." in text
+    assert ("Best single run: 1.250000 (one run under one seed, not a mean: iteration 4, keep, policy ppo): "
+            "try 4 things.") in text
+    assert "improves" not in text
+    assert "Time: 0h 11m 00s training" in text and "Policies: ppo 11." in text
 
 
 def test_a_report_of_an_empty_ledger(tmp_path):
@@ -71,19 +74,57 @@ def test_a_report_of_an_empty_ledger(tmp_path):
         paths = write_report(tmp_path, ledger)
     assert paths["results.tsv"].read_text() == TSV_HEADER + "\n"
     assert paths["progress.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "0 experiments: 0 kept, 0 discarded, 0 crashed." in paths["summary.md"].read_text()
-    assert "none yet" in paths["summary.md"].read_text()
+    text = paths["summary.md"].read_text()
+    assert "0 experiments: 0 kept, 0 discarded, 0 crashed, 0 contended (not judged)." in text
+    assert "train.py now: not measured yet" in text and "Best single run: none yet" in text
+
+
+def _summary(tmp_path, rows):
+    """summary.md of a ledger of ok runs: (val_bpb, code hash, accepted, policy)."""
+    with Ledger(tmp_path) as ledger:
+        for i, (value, digest, accepted, policy) in enumerate(rows, start=1):
+            ledger.append(make_record(iteration=i, val_bpb=value, code_hash=digest, accepted=accepted, policy=policy,
+                                      description=f"experiment {i}"))
+        return write_report(tmp_path, ledger)["summary.md"].read_text()
+
+
+BASELINE, EDIT = "aa" * 32, "bb" * 32
+NOISE_FLOOR = [(2.50, BASELINE, True, "noise-floor"), (2.52, BASELINE, False, "noise-floor"),
+               (2.48, BASELINE, False, "noise-floor")]  # mean 2.50, standard deviation 0.02
 
 
 def test_summary_judges_the_kept_train_py_by_the_mean_of_its_runs(tmp_path):
-    baseline, edit = "aa" * 32, "bb" * 32
-    rows = [(2.50, baseline, True), (2.52, baseline, False), (2.48, baseline, False),  # the noise floor
-            (2.30, "cc" * 32, False),  # a lucky run never kept: the best single run, not what train.py is now
-            (2.46, edit, False), (2.44, edit, True)]  # a near miss and the re-run that kept it
+    text = _summary(tmp_path, [*NOISE_FLOOR,
+                               (2.30, "cc" * 32, False, "ppo"),  # a lucky run never kept: not what train.py is now
+                               (2.46, EDIT, False, "ppo"), (2.44, EDIT, True, "confirm")])  # a near miss, then kept
+    headline = text.split("\n")[2]
+    assert headline == ("train.py now: mean val_bpb **2.450000** over 2 run(s), against the baseline's 2.500000 over 3: "
+                        "0.050000 lower (better), 2.00 %, 2.5 of that spread; 1 edit(s) kept; the noise floor (3 runs "
+                        "of the baseline under different seeds) spreads 0.020000 (standard deviation).")
+    assert ("Best single run: 2.300000 (one run under one seed, not a mean: iteration 4, discard, policy ppo): "
+            "experiment 4.") in text
+
+
+def test_a_lucky_noise_floor_seed_is_never_reported_as_an_improvement(tmp_path):
+    lucky = [(2.50, BASELINE, True, "noise-floor"), (2.40, BASELINE, False, "noise-floor"),
+             (2.60, BASELINE, False, "noise-floor")]
+    text = _summary(tmp_path, [*lucky, (2.55, EDIT, False, "ppo"), (2.58, "cc" * 32, False, "ppo")])
+    assert ("train.py now: **the baseline**, no edit kept: mean val_bpb **2.500000** over 3 run(s); the noise floor "
+            "(3 runs of the baseline under different seeds) spreads 0.100000") in text
+    assert "Best single run: 2.400000 (one run under one seed, not a mean: iteration 2, discard, policy noise-floor)" \
+        in text
+    assert "luck, not an improvement" in text
+    assert "improves" not in text and "better" not in text
+
+
+def test_progress_png_follows_the_kept_mean_not_the_best_single_run(tmp_path):
+    from kit.report import incumbent_means
+
+    rows = [*NOISE_FLOOR, (2.30, "cc" * 32, False, "ppo"), (2.46, EDIT, False, "ppo"), (2.44, EDIT, True, "confirm")]
     with Ledger(tmp_path) as ledger:
-        for i, (value, digest, accepted) in enumerate(rows, start=1):
-            ledger.append(make_record(iteration=i, val_bpb=value, code_hash=digest, accepted=accepted))
-        text = write_report(tmp_path, ledger)["summary.md"].read_text()
-    assert "Best val_bpb: **2.300000**" in text
-    assert ("train.py now: mean val_bpb **2.450000** over 2 run(s), against the baseline's 2.500000 over 3: "
-            "+0.050000 (+2.00%), 1 edit(s) kept.") in text
+        for i, (value, digest, accepted, policy) in enumerate(rows, start=1):
+            ledger.append(make_record(iteration=i, val_bpb=value, code_hash=digest, accepted=accepted, policy=policy))
+        means = incumbent_means(ledger.records())
+    expected = [(1, 2.50), (2, 2.51), (3, 2.50), (4, 2.50), (5, 2.50), (6, 2.45)]
+    assert [i for i, _ in means] == [i for i, _ in expected]
+    assert all(abs(m - e) < 1e-9 for (_, m), (_, e) in zip(means, expected, strict=True))
