@@ -32,6 +32,7 @@ from kit.arguments import (
     positive_int,
     profiles,
     read_train_py,
+    share,
 )
 
 # ---------------------------------------------------------------------------
@@ -84,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
                       f"(default: {default(LoopConfig, 'early_stopping')}, which bench/early_stopping.md found safe)")
     loop.add_argument("--confirm-runs", type=int, help="runs under new seeds a near miss gets before it is dropped "
                       f"(0: judge every edit on one run; default: {default(LoopConfig, 'confirm_runs')})")
+    loop.add_argument("--contention-limit", type=share, help="share of a run's cores other processes may use while "
+                      "it trains before it is contended: not judged "
+                      f"(default: {default(LoopConfig, 'contention_limit')}; 1 turns the check off)")
+    loop.add_argument("--pace-limit", type=share, help="a re-run of code that ran before, at under this share of its "
+                      f"earlier steps per second, is contended (default: {default(LoopConfig, 'pace_limit')}; 0: off)")
+    loop.add_argument("--contended-reruns", type=int, help="times a contended experiment is run again before the loop "
+                      f"pauses (default: {default(LoopConfig, 'contended_reruns')})")
+    loop.add_argument("--quiet-wait", type=float, help="seconds to wait for a busy machine to be quiet before the "
+                      f"re-run (default: {default(LoopConfig, 'quiet_wait'):g})")
     loop.set_defaults(run=_loop)
 
     report = commands.add_parser("report", help="write results.tsv, progress.png and summary.md of a run directory")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit import REPO_ROOT, gate, sandbox
-from kit.machine import CoreShare, tree_cpu_seconds
+from kit.machine import CoreShare, foreign_gpu_processes, tree_cpu_seconds
 from kit.results import CurveStream, HarnessConfig, Monitor, RunResult, Status
 from kit.seed_check import SIGNATURE_FILE
 
@@ -117,6 +117,7 @@ class TrainingRun:
     ended: tuple[Status, str] | None = None  # why the run failed or was stopped, if it was
     overran: bool = False  # ended by one of the harness's clocks
     others_share: float = 0.0  # the share of its cores that other processes used while it trained
+    gpu_others: dict[int, str] = field(default_factory=dict)  # other processes computing on its GPU meanwhile
 
     @property
     def curve(self) -> list[tuple[float, float]]:
@@ -218,14 +219,15 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
     training = TrainingRun(CurveStream(monitor))
 
     def finish(status: Status, reason: str, val_bpb: float | None = None) -> RunResult:
-        if training.others_share > config.contention_limit and (
+        if (busy := _contention(training, config.contention_limit)) and (
                 status in (Status.OK, Status.PRUNED, Status.TIMEOUT) or training.overran):
             measured = f", val_bpb {val_bpb:.6f}" if val_bpb is not None else ""
             status, val_bpb, reason = Status.CONTENDED, None, (
-                f"other processes used {training.others_share:.0%} of its cores while it trained (over "
-                f"{config.contention_limit:.0%}): not judged; it would have been {status.value}{measured}"
+                f"{busy}: not judged; it would have been {status.value}{measured}"
                 + (f" ({reason[:200]})" if reason else ""))
-        curve = training.curve
+        curve, timings = training.curve, {k: round(v, 3) for k, v in training.timings.items()}
+        if (pace := steps_per_second(training.timings)) is not None:
+            timings["steps_per_second"] = round(pace, 4)
         peak = training.peak_mem_mb if training.handed_off else training.summary_value("peak_mem_mb")
         result = RunResult(
             status=status, val_bpb=val_bpb, reason=reason,
@@ -233,7 +235,7 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
             total_seconds=round(time.monotonic() - started, 3),
             peak_mem_mb=peak, num_steps=int(training.summary_value("num_steps") or len(curve)),
             curve=tuple(curve), fingerprint=fingerprint, seed=seed, run_dir=str(run_dir),
-            timings={k: round(v, 3) for k, v in training.timings.items()})
+            timings=timings)
         _record(result)
         return result
 
@@ -309,6 +311,17 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
     return finish(Status(verdict["status"]), verdict.get("reason", ""), verdict.get("val_bpb"))
 
 
+def _contention(training: TrainingRun, limit: float) -> str | None:
+    """What others did to a run that makes it incomparable with runs on a quiet machine, or None. On a GPU, any
+    other process computing on it counts (it takes the GPU's time, which no share of CPU cores shows); a limit of
+    1 turns both checks off."""
+    if training.others_share > limit:
+        return f"other processes used {training.others_share:.0%} of its cores while it trained (over {limit:.0%})"
+    if training.gpu_others and limit < 1:
+        return "other processes computed on its GPU while it trained: " + ", ".join(training.gpu_others.values())
+    return None
+
+
 def _evaluate(evaluator: subprocess.Popen, handoff: Path, deadline: float) -> tuple[dict | None, str]:
     """Hand the evaluator the model's path and read until its verdict (then the caller ends it: a torch process's
     exit takes a second that is not worth waiting for); killed at the deadline. The verdict and what it printed."""
@@ -333,10 +346,14 @@ def _train(training: TrainingRun, argv: list[str], spec: sandbox.SandboxSpec, ru
     """Run the training process to its hand-off (then end it: its exit is not worth waiting for) or its end, filling
     in training; training.ended says why, unless it handed off or exited cleanly in time. others(ours) is the share
     of the cores other processes used, given the CPU seconds the training process used."""
+    if clocks.gpu:  # sampled as training starts and as it ends: nvidia-smi takes a moment, too long to poll
+        training.gpu_others = foreign_gpu_processes()
     process = _Process(argv, env=env, cwd=run_dir, spec=spec, log_path=run_dir / "train.log")
     try:
         _watch(training, process, deadline, clocks)
         training.others_share = others(tree_cpu_seconds(process.proc.pid))
+        if clocks.gpu:
+            training.gpu_others |= foreign_gpu_processes()
         training.timings["others_share"] = training.others_share
         if training.ended is None and not training.handed_off:
             try:  # stdout closed: give the process until the deadline to exit
@@ -393,8 +410,10 @@ def _watch(training: TrainingRun, process: _Process, deadline: float, clocks: Cl
                 training.peak_mem_mb = float(json.loads(line[len(prepare.HANDOFF_PREFIX):])["peak_mem_mb"])
             return
         if progress is not None:
-            training.timings["last_progress"] = now - started
-            if reason := training.stream.add(*progress):
+            step, seconds, loss = progress
+            training.timings.setdefault("first_step", step)
+            training.timings["last_progress"], training.timings["last_step"] = now - started, step
+            if reason := training.stream.add(seconds, loss):
                 training.ended = (Status.PRUNED, reason)
                 return
 
@@ -403,12 +422,21 @@ def _timeout_reason(limit: float) -> str:
     return f"killed at the hard wall clock ({limit:.0f} s = budget + grace)"
 
 
-def _parse_progress(line: str) -> tuple[float, float] | None:
+def _parse_progress(line: str) -> tuple[int, float, float] | None:
+    """(step, train.py's seconds, loss) of a progress line."""
     try:
         record = json.loads(line[len("@progress "):])
-        return float(record["t"]), float(record["loss"])
+        return int(record["step"]), float(record["t"]), float(record["loss"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def steps_per_second(timings: dict[str, float]) -> float | None:
+    """Optimizer steps per second of the harness's clock, from the first progress line to the last: how fast the
+    machine ran this train.py (steps are train.py's count, but a run gains nothing by looking slower)."""
+    seconds = timings.get("last_progress", 0.0) - timings.get("first_progress", 0.0)
+    steps = timings.get("last_step", 0) - timings.get("first_step", 0)
+    return steps / seconds if seconds > 0 and steps > 0 else None
 
 
 def _last_json(text: str) -> dict | None:

@@ -20,6 +20,7 @@ Does not own: any of those; widgets (the optional on_event callback feeds them).
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from kit.acceptance import Verdict
 from kit.frontier import Frontier
 from kit.harness import run_experiment
 from kit.ledger import Ledger, Record
-from kit.machine import busiest, wait_until_quiet
+from kit.machine import busiest, foreign_gpu_processes, wait_until_quiet
 from kit.memory import code_hash
 from kit.policies import REGISTRY, Outcome, Proposal, Setup, State, make_policy
 from kit.ppo import PPOConfig
@@ -87,6 +88,10 @@ class LoopConfig:
     """Times a contended experiment is run again before the loop pauses for the machine to be freed."""
     quiet_wait: float = 300.0
     """Seconds the loop waits for a busy machine to become quiet before it runs a contended experiment again."""
+    pace_limit: float = 0.75
+    """A run of a train.py that ran before (a noise-floor seed, a near miss's re-run) that made fewer than this share
+    of the steps per second its earlier runs made is contended too: something slowed the machine (a shared GPU, a
+    throttled or shared core) that the share of its cores does not show."""
     sandbox: str = "auto"
     """Sandbox backend of the harness: auto, bwrap, unshare or none."""
     early_stopping: str = "same-progress"
@@ -113,9 +118,11 @@ class LoopConfig:
             raise ValueError(f"llm_url must start with http:// or https://, got {self.llm_url!r}")
         if self.early_stopping != "none" and self.early_stopping not in RULES:
             raise ValueError(f"early_stopping must be none or one of {', '.join(RULES)}, got {self.early_stopping=}")
-        if not 0 < self.contention_limit <= 1 or self.contended_reruns < 0 or self.quiet_wait < 0:
-            raise ValueError(f"need 0 < contention_limit <= 1, contended_reruns >= 0 and quiet_wait >= 0, got "
-                             f"{self.contention_limit=}, {self.contended_reruns=}, {self.quiet_wait=}")
+        if not (0 < self.contention_limit <= 1 and 0 <= self.pace_limit < 1) or self.contended_reruns < 0 or \
+                self.quiet_wait < 0:
+            raise ValueError(f"need 0 < contention_limit <= 1, 0 <= pace_limit < 1, contended_reruns >= 0 and "
+                             f"quiet_wait >= 0, got {self.contention_limit=}, {self.pace_limit=}, "
+                             f"{self.contended_reruns=}, {self.quiet_wait=}")
         if self.noise_repeats < 1 or self.max_failures < 1 or self.confirm_runs < 0:
             raise ValueError(f"need noise_repeats, max_failures >= 1 and confirm_runs >= 0, got "
                              f"{self.noise_repeats=}, {self.max_failures=}, {self.confirm_runs=}")
@@ -294,7 +301,8 @@ class ResearchLoop:
         attempts = 1 + self.config.contended_reruns
         for attempt in range(1, attempts + 1):
             watch = self._watch(stop_rule=stop_rule)
-            result = self.environment(source, self._experiment_dir(), self._harness(seed), monitor=watch)
+            result = self._slowed(self.environment(source, self._experiment_dir(), self._harness(seed), monitor=watch),
+                                  source)
             if result.status is not Status.CONTENDED:
                 return result, watch
             self._record(result, Decision(Verdict.DROP, None, self.repo.head()), policy=policy, source=source,
@@ -306,10 +314,30 @@ class ResearchLoop:
                       "experiment again", flush=True)
                 wait_until_quiet(self.config.contention_limit, self.config.quiet_wait,
                                  give_up=self._stopping)
-        users = ", ".join(f"{name}: {cores:.2f} cores" for name, cores in busiest()) or "no one now"
+        users = [f"{name}: {cores:.2f} cores" for name, cores in busiest()]
+        users += [f"on its GPU: {what}" for what in foreign_gpu_processes().values()]
+        users = ", ".join(users) or "no one now"
         self.contended = (f"paused: {attempts} runs in a row could not get the machine to themselves (using it: "
                           f"{users}); free it, then run the same command again to resume")
         return None
+
+    def _slowed(self, result: RunResult, source: str) -> RunResult:
+        """The result, contended if this train.py ran before and this run made clearly fewer steps per second than
+        its earlier runs did (their median): the machine was not the one they had."""
+        pace = result.timings.get("steps_per_second")
+        digest = code_hash(source)
+        earlier = [r.timings["steps_per_second"] for r in self.state.records if r.code_hash == digest
+                   and r.status in (Status.OK, Status.PRUNED) and r.timings.get("steps_per_second")]
+        if result.status not in (Status.OK, Status.PRUNED) or not pace or not earlier:
+            return result
+        typical = statistics.median(earlier)
+        if pace >= self.config.pace_limit * typical:
+            return result
+        measured = f", val_bpb {result.val_bpb:.6f}" if result.val_bpb is not None else ""
+        return dataclasses.replace(result, status=Status.CONTENDED, val_bpb=None, reason=(
+            f"made {pace:.3g} steps/s, {pace / typical:.0%} of the {typical:.3g} its {len(earlier)} earlier run(s) "
+            f"made (under {self.config.pace_limit:.0%}): the machine was slower than then; not judged; it would have "
+            f"been {result.status.value}{measured}"))
 
     def _seed_ignored(self, result: RunResult, source: str) -> str | None:
         """Why a re-run under a new seed shows that the train.py ignores its seed (kit/seed_check.py), or None."""

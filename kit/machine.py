@@ -2,8 +2,9 @@
 
 Owns: `CpuWatch` (how much of the machine's CPU a recorded run, and everything else, used while it went on),
 `CoreShare` (how much of a run's own cores other processes took: the harness's contention measurement),
-`tree_cpu_seconds` (what a process tree has spent: the harness's CPU clock) and `busiest` (who is using the
-machine, for a message). Linux only, like the sandbox. Does not own: what is done with the numbers (kit/harness.py,
+`tree_cpu_seconds` (what a process tree has spent: the harness's CPU clock), `foreign_gpu_processes` (who else
+computes on this process's GPU, from nvidia-smi) and `busiest` (who is using the machine, for a message). Linux
+only, like the sandbox. Does not own: what is done with the numbers (kit/harness.py,
 kit/loop.py, kit/bench/recorder.py).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -91,6 +93,31 @@ def busiest(seconds: float = 1.0, exclude: int | None = None, top: int = 3) -> l
     pids = [pid for pid in after if pid in before and pid not in ours]
     ranked = sorted(zip(used, pids, strict=True), reverse=True)[:top]
     return [(f"{_name(pid)} (pid {pid})", round(share, 2)) for share, pid in ranked if share >= 0.05]
+
+
+def foreign_gpu_processes() -> dict[int, str]:
+    """Processes with a compute context on the GPU this process's children use (the first of CUDA_VISIBLE_DEVICES,
+    else GPU 0) that are not in this process's tree, as pid -> what to call them; empty without nvidia-smi. A MIG
+    slice is not told apart from the others on its GPU, so none are named there."""
+    listed = _nvidia_smi("--query-compute-apps=gpu_uuid,pid,used_memory,process_name")
+    if not listed:
+        return {}
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+    uuids = {row[0]: row[1] for row in _nvidia_smi("--query-gpu=index,uuid") if len(row) == 2}
+    ours = visible if visible.startswith("GPU-") else uuids.get(visible)
+    mine = _tree(os.getpid(), _processes())
+    return {int(row[1]): f"{', '.join(row[3:])} (pid {row[1]}, {row[2]} MiB)" for row in listed
+            if len(row) >= 4 and row[0] == ours and row[1].isdigit() and int(row[1]) not in mine}
+
+
+def _nvidia_smi(query: str) -> list[list[str]]:
+    """nvidia-smi's CSV answer to one query, split into fields; empty if it is missing or fails."""
+    try:
+        out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [[field.strip() for field in line.split(",")] for line in out.splitlines() if line.strip()]
 
 
 def _name(pid: int) -> str:

@@ -74,7 +74,7 @@ class HarnessConfig:
     """Apply the static gate first. Only tests of the deeper defenses turn it off."""
     contention_limit: float = 0.10
     """Share of its cores that other processes may use while a run trains before the run is contended (not
-    judged); 1.0 never calls a run contended."""
+    judged); on CUDA any other process computing on its GPU makes it contended too. 1.0 turns both off."""
 
 
 Monitor = Callable[[list[tuple[float, float]]], "str | None"]

@@ -30,6 +30,9 @@ def test_baseline_runs_ok_with_a_finite_val_bpb(smoke_data, baseline_source, tmp
     assert result.num_steps == len(result.curve) >= 2
     assert result.curve[-1][0] >= 4.0  # trained for its whole budget
     assert result.curve[-1][1] < result.curve[0][1]  # and learned something
+    # its pace by the harness's clock, first progress line to last: what a later run of the same code is held to
+    between = result.timings["last_progress"] - result.timings["first_progress"]
+    assert result.timings["steps_per_second"] == pytest.approx((result.num_steps - 1) / between, rel=0.01)
     assert set(result.fingerprint) == {"profile", "budget", "prepare_sha256", "data_sha256", "torch", "device"}
     recorded = json.loads((tmp_path / "run" / "result.json").read_text())
     assert recorded["status"] == "ok" and recorded["val_bpb"] == result.val_bpb

@@ -1,6 +1,7 @@
 """kit.loop: the research loop end to end: every policy on the smoke profile, the report, rollback, pause, stop,
 resume after SIGKILL, near misses re-run under new seeds, the convergence oracle, and one-line errors."""
 
+import dataclasses
 import os
 import random
 import signal
@@ -259,3 +260,20 @@ def test_a_machine_that_stays_busy_pauses_the_loop_and_names_what_uses_it(smoke_
     assert reason.startswith("paused: 2 runs in a row could not get the machine to themselves"), reason
     assert f"pid {hog.pid}" in reason and (tmp_path / "run" / "PAUSED").exists()
     assert [r.status for r in ledger_records(tmp_path / "run")] == ["contended", "contended"]
+
+
+def test_a_run_slower_than_earlier_runs_of_its_code_is_contended_and_run_again(tmp_path):
+    """What the share of the cores cannot show (a shared GPU, a throttled core): the second noise-floor run makes 40 %
+    of the steps per second the first made, so it is not judged; its re-run at the usual pace is."""
+    paces = iter([50.0, 20.0, 48.0, 52.0])
+
+    def world(source, run_dir, config, monitor=None):
+        result = flat(source, run_dir, config)
+        return dataclasses.replace(result, timings={"steps_per_second": next(paces)})
+
+    run_loop(loop_config(tmp_path, iterations=4, noise_repeats=3, quiet_wait=0), environment=world)
+    ran = ledger_records(tmp_path / "run")
+    assert [r.status for r in ran] == ["ok", "contended", "ok", "ok"]
+    assert all(r.policy == NOISE_POLICY for r in ran) and ran[1].seed == ran[2].seed
+    assert ran[1].reason.startswith("made 20 steps/s, 40% of the 50 its 1 earlier run(s) made (under 75%)")
+    assert "it would have been ok, val_bpb 2.500000" in ran[1].reason

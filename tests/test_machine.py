@@ -75,3 +75,40 @@ def test_waiting_for_quiet_ends_when_asked():
     finally:
         hog.kill()
         hog.wait()
+
+
+def _fake_nvidia_smi(directory, compute_apps: str) -> None:
+    """An nvidia-smi that answers the two queries the kit asks, like the real one on a two-GPU machine."""
+    script = directory / "nvidia-smi"
+    script.write_text("#!/bin/sh\ncase \"$1\" in\n"
+                      "  --query-gpu=*) printf '0, GPU-aaaa\\n1, GPU-bbbb\\n' ;;\n"
+                      f"  --query-compute-apps=*) printf '{compute_apps}' ;;\n"
+                      "  *) exit 9 ;;\nesac\n")
+    script.chmod(0o755)
+
+
+def test_foreign_gpu_processes_are_the_others_on_our_gpu(tmp_path, monkeypatch):
+    from kit.machine import foreign_gpu_processes
+
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as child:
+        try:  # our child (ours), pid 1 on our GPU (foreign), pid 2 on the other GPU (not ours to judge)
+            _fake_nvidia_smi(tmp_path, f"GPU-aaaa, {child.pid}, 900, python\\n"
+                                       "GPU-aaaa, 1, 20480, other, job\\nGPU-bbbb, 2, 100, train\\n")
+            monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+            assert foreign_gpu_processes() == {1: "other, job (pid 1, 20480 MiB)"}
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+            assert foreign_gpu_processes() == {2: "train (pid 2, 100 MiB)"}
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aaaa,GPU-bbbb")
+            assert set(foreign_gpu_processes()) == {1}
+        finally:
+            child.kill()
+
+
+def test_no_nvidia_smi_means_no_gpu_processes(tmp_path, monkeypatch):
+    from kit.machine import foreign_gpu_processes
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing there
+    assert foreign_gpu_processes() == {}
+    _fake_nvidia_smi(tmp_path, "")
+    assert foreign_gpu_processes() == {}
