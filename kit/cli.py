@@ -171,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             from kit.bench.cli import main as bench
 
             return bench(argv[1:])
-        args = _parser().parse_args(argv)
+        try:
+            parser = _parser()
+        except ValueError as error:  # a default taken from the environment is not usable
+            raise UsageError(str(error)) from None
+        args = parser.parse_args(argv)
         return args.run(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -41,7 +41,7 @@ from kit.ppo import PPOConfig
 from kit.predictor import RULES, EarlyStopper, make_rule
 from kit.repo import TrainRepo
 from kit.report import write_report
-from kit.results import Environment, HarnessConfig, RunResult, Status
+from kit.results import Environment, HarnessConfig, RunResult, Status, contention_limit_default, pace_limit_default
 from kit.reward import Reward, RewardConfig, compute_reward
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, RunState
 from kit.stopping import STOP_FILE, StopConditions, first_ctrl_c_calls, stop_requested, wait_while_held
@@ -81,17 +81,19 @@ class LoopConfig:
     edit on its one run."""
     max_failures: int = 3
     """Failures in a row that pause the loop."""
-    contention_limit: float = 0.10
+    contention_limit: float = field(default_factory=contention_limit_default)
     """Share of a run's cores other processes may use while it trains; above it the run is contended: recorded,
-    not judged, and run again once the machine is quiet (kit/machine.py measures it)."""
+    not judged, and run again once the machine is quiet (kit/machine.py measures it). Default:
+    $AUTORESEARCH_CONTENTION_LIMIT, else 0.10; 1 turns the check off."""
     contended_reruns: int = 2
     """Times a contended experiment is run again before the loop pauses for the machine to be freed."""
     quiet_wait: float = 300.0
     """Seconds the loop waits for a busy machine to become quiet before it runs a contended experiment again."""
-    pace_limit: float = 0.75
+    pace_limit: float = field(default_factory=pace_limit_default)
     """A run of a train.py that ran before (a noise-floor seed, a near miss's re-run) that made fewer than this share
     of the steps per second its earlier runs made is contended too: something slowed the machine (a shared GPU, a
-    throttled or shared core) that the share of its cores does not show."""
+    throttled or shared core) that the share of its cores does not show. Default: $AUTORESEARCH_PACE_LIMIT, else
+    0.75; 0 turns the check off."""
     sandbox: str = "auto"
     """Sandbox backend of the harness: auto, bwrap, unshare or none."""
     early_stopping: str = "same-progress"

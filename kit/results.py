@@ -10,6 +10,8 @@ Does not own: producing results (kit/harness.py runs train.py; kit/bench/ has st
 from __future__ import annotations
 
 import enum
+import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +60,30 @@ class RunResult:
         return record
 
 
+def _share_from_env(name: str, default: float) -> float:
+    """A share (0 to 1) from the environment, else the default: how a machine that is always busy says so once."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a share between 0 and 1 (0.1 is 10 %), got {text!r}")
+    return value
+
+
+def contention_limit_default() -> float:
+    """$AUTORESEARCH_CONTENTION_LIMIT, else 0.10."""
+    return _share_from_env("AUTORESEARCH_CONTENTION_LIMIT", 0.10)
+
+
+def pace_limit_default() -> float:
+    """$AUTORESEARCH_PACE_LIMIT, else 0.75."""
+    return _share_from_env("AUTORESEARCH_PACE_LIMIT", 0.75)
+
+
 @dataclass(frozen=True)
 class HarnessConfig:
     profile: str = "cpu"
@@ -72,9 +98,10 @@ class HarnessConfig:
     """Sandbox backend: auto, bwrap, unshare or none."""
     run_gate: bool = True
     """Apply the static gate first. Only tests of the deeper defenses turn it off."""
-    contention_limit: float = 0.10
+    contention_limit: float = field(default_factory=contention_limit_default)
     """Share of its cores that other processes may use while a run trains before the run is contended (not
-    judged); on CUDA any other process computing on its GPU makes it contended too. 1.0 turns both off."""
+    judged); on CUDA any other process computing on its GPU makes it contended too. 1.0 turns both off.
+    Default: $AUTORESEARCH_CONTENTION_LIMIT, else 0.10."""
 
 
 Monitor = Callable[[list[tuple[float, float]]], "str | None"]

@@ -1,5 +1,6 @@
-"""Shared fixtures: every test session gets its own data directory, so tests never touch a user's data, and the
-cores that were free when it started, so a program already busy on the machine shares none with its experiments."""
+"""Shared fixtures: every test session gets its own data directory, so tests never touch a user's data, the cores
+that were free when it started, so a program already busy on the machine shares none with its experiments, and
+the contention checks off except where a test is about them."""
 
 import os
 import shutil
@@ -27,6 +28,9 @@ os.sched_setaffinity(0, _free_cores())
 _DATA_ROOT = Path(tempfile.mkdtemp(prefix="autoresearch-test-data-"))
 os.environ["AUTORESEARCH_DATA"] = str(_DATA_ROOT)
 os.environ.pop("AUTORESEARCH_PROFILE", None)
+# A busy machine may slow a test, never change its verdict: the contention checks are off for every test (and every
+# process it starts) but their own, which give their limits explicitly.
+os.environ["AUTORESEARCH_CONTENTION_LIMIT"], os.environ["AUTORESEARCH_PACE_LIMIT"] = "1", "0"
 os.environ.pop("AUTORESEARCH_HANDOFF", None)
 
 from .helpers import TRAIN_PY  # noqa: E402 - after the environment above

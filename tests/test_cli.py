@@ -44,6 +44,7 @@ def test_choices_come_from_the_registries_and_help_shows_the_dataclass_defaults(
     (["loop", "--policy", "sgd"], "invalid choice"),
     (["experiment", "--budget", "-1"], "expected a positive number of seconds"),
     (["bench", "agents", "--seeds", "x"], "expected a whole number"),
+    (["loop", "--contention-limit", "10"], "expected a share between 0 and 1"),
 ])
 def test_bad_flags_get_one_line_that_says_where_help_is(argv, words, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -59,6 +60,13 @@ def test_bad_input_to_a_command_is_one_line_and_exit_status_2(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err)
     assert "not found" in err[0] and "no ledger" in err[1] and "two or more of ppo, random" in err[2]
+
+
+def test_an_unusable_contention_limit_in_the_environment_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("AUTORESEARCH_CONTENTION_LIMIT", "ten percent")
+    assert main(["loop", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: AUTORESEARCH_CONTENTION_LIMIT must be a share between 0 and 1 (0.1 is 10 %), got 'ten percent'\n"
 
 
 def test_python_dash_m_kit_and_the_console_command_are_the_same_cli():

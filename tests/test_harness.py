@@ -136,15 +136,16 @@ def test_the_training_process_is_ended_at_its_hand_off_not_waited_for(smoke_data
 
 def test_a_run_that_shares_its_cores_is_contended_not_judged_and_a_quiet_one_is_not(smoke_data, baseline_source,
                                                                                      tmp_path):
-    quiet = run_experiment(baseline_source, tmp_path / "quiet", SMOKE)
+    checked = HarnessConfig(profile="smoke", contention_limit=0.10)
+    quiet = run_experiment(baseline_source, tmp_path / "quiet", checked)
     assert quiet.status is Status.OK and quiet.timings["others_share"] < 0.10, quiet
-    # a process spinning on the run's cores (it inherits this process's), taking about one of them
+    # a process spinning on the run's cores (it inherits this process's): it takes a share of them
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        busy = run_experiment(baseline_source, tmp_path / "busy", SMOKE)
+        busy = run_experiment(baseline_source, tmp_path / "busy", checked)
     finally:
         hog.kill()
         hog.wait()
     assert busy.status is Status.CONTENDED and busy.val_bpb is None, busy
-    assert busy.timings["others_share"] > 0.3 and "of its cores while it trained" in busy.reason
+    assert busy.timings["others_share"] > 0.10 and "of its cores while it trained" in busy.reason
     assert "not judged; it would have been" in busy.reason

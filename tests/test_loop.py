@@ -235,7 +235,8 @@ def test_a_contended_run_is_recorded_not_judged_and_run_again_once_the_machine_i
             hog.kill()
 
     try:
-        reason = run_loop(loop_config(tmp_path, iterations=2, budget=1.0, noise_repeats=1, quiet_wait=60),
+        reason = run_loop(loop_config(tmp_path, iterations=2, budget=1.0, noise_repeats=1, quiet_wait=60,
+                                      contention_limit=0.10),
                           on_event=on_event)
     finally:
         hog.kill()
@@ -253,7 +254,8 @@ def test_a_contended_run_is_recorded_not_judged_and_run_again_once_the_machine_i
 def test_a_machine_that_stays_busy_pauses_the_loop_and_names_what_uses_it(smoke_data, tmp_path):
     hog = _hog()
     try:
-        reason = run_loop(loop_config(tmp_path, iterations=5, budget=1.0, contended_reruns=1, quiet_wait=1))
+        reason = run_loop(loop_config(tmp_path, iterations=5, budget=1.0, contended_reruns=1, quiet_wait=1,
+                                      contention_limit=0.10))
     finally:
         hog.kill()
         hog.wait()
@@ -271,7 +273,7 @@ def test_a_run_slower_than_earlier_runs_of_its_code_is_contended_and_run_again(t
         result = flat(source, run_dir, config)
         return dataclasses.replace(result, timings={"steps_per_second": next(paces)})
 
-    run_loop(loop_config(tmp_path, iterations=4, noise_repeats=3, quiet_wait=0), environment=world)
+    run_loop(loop_config(tmp_path, iterations=4, noise_repeats=3, quiet_wait=0, pace_limit=0.75), environment=world)
     ran = ledger_records(tmp_path / "run")
     assert [r.status for r in ran] == ["ok", "contended", "ok", "ok"]
     assert all(r.policy == NOISE_POLICY for r in ran) and ran[1].seed == ran[2].seed

@@ -1,6 +1,7 @@
 """kit.results: the failure set, a run that never ran, and a curve fed point by point to a monitor."""
 
-from kit.results import FAILURES, CurveStream, RunResult, Status
+from kit.loop import LoopConfig
+from kit.results import FAILURES, CurveStream, HarnessConfig, RunResult, Status
 
 
 def test_the_failure_set_is_every_outcome_that_says_train_py_does_not_work():
@@ -33,3 +34,15 @@ def test_without_a_monitor_the_whole_curve_is_taken():
     stream = CurveStream(None)
     assert stream.feed([[1, 5.0], [2, 4.0]]) is None  # recorded curves come as lists
     assert stream.curve == [(1.0, 5.0), (2.0, 4.0)] and stream.stop_reason is None
+
+
+def test_the_contention_limits_default_to_the_environments(monkeypatch, tmp_path):
+    """How a machine that is always busy (or a test suite) says once that its runs are to be judged anyway."""
+    monkeypatch.delenv("AUTORESEARCH_CONTENTION_LIMIT")
+    monkeypatch.delenv("AUTORESEARCH_PACE_LIMIT")
+    assert HarnessConfig().contention_limit == LoopConfig(tmp_path).contention_limit == 0.10
+    assert LoopConfig(tmp_path).pace_limit == 0.75
+    monkeypatch.setenv("AUTORESEARCH_CONTENTION_LIMIT", "1")
+    monkeypatch.setenv("AUTORESEARCH_PACE_LIMIT", "0")
+    assert HarnessConfig().contention_limit == LoopConfig(tmp_path).contention_limit == 1.0
+    assert LoopConfig(tmp_path).pace_limit == 0.0 and HarnessConfig(contention_limit=0.2).contention_limit == 0.2
