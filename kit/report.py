@@ -112,7 +112,7 @@ def _headline(result: Standing | None) -> list[str]:
             f"{result.edits_kept} edit(s) kept; {spread}.", ""]
 
 
-def _best_single_run(measured: list[Record]) -> list[str]:
+def _best_single_run(measured: list[Record], kept_code: str | None) -> list[str]:
     if not measured:
         return ["Best single run: none yet (no ok run).", ""]
     best = min(measured, key=lambda r: r.val_bpb)
@@ -121,6 +121,8 @@ def _best_single_run(measured: list[Record]) -> list[str]:
     if best.policy == NOISE_POLICY:
         line += (" It is a noise-floor run of the unchanged baseline: how far it lies below the baseline's mean is "
                  "luck, not an improvement.")
+    elif best.code_hash == kept_code:
+        line += " It is one of the kept train.py's runs: their mean above is what that train.py is worth."
     return [line, ""]
 
 
@@ -129,7 +131,8 @@ def summary_markdown(records: list[Record]) -> str:
     single run labelled as one, counts, time spent."""
     words = [tsv_status(r) for r in records]
     measured = [r for r in records if r.status == Status.OK and r.val_bpb is not None]
-    lines = ["# Run summary", "", *_headline(standing(records)), *_best_single_run(measured),
+    kept = [r.code_hash for r in records if r.accepted]
+    lines = ["# Run summary", "", *_headline(standing(records)), *_best_single_run(measured, (kept or [None])[-1]),
              f"{len(records)} experiments: {words.count('keep')} kept, {words.count('discard')} discarded, "
              f"{words.count('crash')} crashed, {words.count('contended')} contended (not judged).", "",
              "| status | count |", "|---|---:|"]
@@ -178,8 +181,9 @@ def _plot_progress(records: list[Record], path: Path) -> None:
     ax.scatter([r.iteration for r in kept], [r.val_bpb for r in kept], s=40, color="#2a9d4b", edgecolors="black",
                zorder=3, label=f"runs of kept edits ({len(kept)})")
     for r in (r for r in kept if r.accepted):
-        ax.annotate(_one_line(r.description)[:40], (r.iteration, r.val_bpb), xytext=(4, 4), textcoords="offset points",
-                    fontsize=7, rotation=20, color="#1d6e34")
+        label = _one_line(r.description).split(" (")[0][:40]  # the edit, without a re-run's "(run k of n ...)"
+        ax.annotate(label, (r.iteration, r.val_bpb), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                    rotation=20, color="#1d6e34")
     if means := incumbent_means(records):
         xs, ys = zip(*means, strict=True)
         ax.step([*xs, last], [*ys, ys[-1]], where="post", color="#2a9d4b", lw=2,

@@ -102,7 +102,14 @@ def test_summary_judges_the_kept_train_py_by_the_mean_of_its_runs(tmp_path):
                         "0.050000 lower (better), 2.00 %, 2.5 of that spread; 1 edit(s) kept; the noise floor (3 runs "
                         "of the baseline under different seeds) spreads 0.020000 (standard deviation).")
     assert ("Best single run: 2.300000 (one run under one seed, not a mean: iteration 4, discard, policy ppo): "
-            "experiment 4.") in text
+            "experiment 4.\n") in text
+
+
+def test_the_best_single_run_of_the_kept_train_py_points_at_its_mean(tmp_path):
+    text = _summary(tmp_path, [*NOISE_FLOOR, (2.40, EDIT, False, "ppo"), (2.46, EDIT, True, "confirm")])
+    assert ("Best single run: 2.400000 (one run under one seed, not a mean: iteration 4, discard, policy ppo): "
+            "experiment 4. It is one of the kept train.py's runs: their mean above is what that train.py is worth.") \
+        in text
 
 
 def test_a_lucky_noise_floor_seed_is_never_reported_as_an_improvement(tmp_path):
