@@ -317,7 +317,8 @@ class ResearchLoop:
                 wait_until_quiet(self.config.contention_limit, self.config.quiet_wait,
                                  give_up=self._stopping)
         users = [f"{name}: {cores:.2f} cores" for name, cores in busiest()]
-        users += [f"on its GPU: {what}" for what in foreign_gpu_processes().values()]
+        if result.fingerprint.get("device") == "cuda":
+            users += [f"on its GPU: {what}" for what in foreign_gpu_processes().values()]
         users = ", ".join(users) or "no one now"
         self.contended = (f"paused: {attempts} runs in a row could not get the machine to themselves (using it: "
                           f"{users}); free it, then run the same command again to resume")
