@@ -121,7 +121,7 @@ class LoopConfig:
         if self.early_stopping != "none" and self.early_stopping not in RULES:
             raise ValueError(f"early_stopping must be none or one of {', '.join(RULES)}, got {self.early_stopping=}")
         if not (0 < self.contention_limit <= 1 and 0 <= self.pace_limit < 1) or self.contended_reruns < 0 or \
-                self.quiet_wait < 0:
+                not self.quiet_wait >= 0:  # written so that NaN fails too
             raise ValueError(f"need 0 < contention_limit <= 1, 0 <= pace_limit < 1, contended_reruns >= 0 and "
                              f"quiet_wait >= 0, got {self.contention_limit=}, {self.pace_limit=}, "
                              f"{self.contended_reruns=}, {self.quiet_wait=}")

@@ -46,3 +46,11 @@ def test_the_contention_limits_default_to_the_environments(monkeypatch, tmp_path
     monkeypatch.setenv("AUTORESEARCH_PACE_LIMIT", "0")
     assert HarnessConfig().contention_limit == LoopConfig(tmp_path).contention_limit == 1.0
     assert LoopConfig(tmp_path).pace_limit == 0.0 and HarnessConfig(contention_limit=0.2).contention_limit == 0.2
+
+
+def test_limits_out_of_range_are_refused(tmp_path):
+    import pytest
+
+    for bad in ({"pace_limit": 1.0}, {"contention_limit": 0.0}, {"quiet_wait": float("nan")}, {"contended_reruns": -1}):
+        with pytest.raises(ValueError, match="need 0 < contention_limit <= 1"):
+            LoopConfig(tmp_path, **bad)
