@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from kit.evaluate import MIN_ROW_PROBES, CausalityAudit, CausalityViolation, probes_per_batch
+from kit.evaluate import (
+    MIN_ROW_PROBES,
+    CausalityAudit,
+    CausalityViolation,
+    load_program,
+    probes_per_batch,
+    writes_anything,
+)
 
 VOCAB = 1000  # large, so a probe's donor token almost never equals the token it replaces
 
@@ -86,3 +93,37 @@ def test_reading_ahead_or_across_rows_is_caught_at_the_profiles_probe_count(chea
     probes = probes_per_batch(batches, rows)
     assert batches * rows * probes >= MIN_ROW_PROBES
     assert all(_caught(model, _batches(batches, rows, T, seed=s), probes, seed=s) for s in range(5)), cheat
+
+
+class _Writes(torch.nn.Module):
+    """A model that writes to a tensor in its forward pass: to a buffer it keeps (state between calls), or only to
+    a tensor of its own making (no state)."""
+
+    def __init__(self, keeps_state: bool):
+        super().__init__()
+        self.keeps_state = keeps_state
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        if self.keeps_state:
+            self.calls.add_(1)
+            return x + self.calls
+        y = x * 2
+        y.add_(1)
+        return y
+
+
+def _saved(model, tmp_path):
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(3),), strict=False), path)
+    return path
+
+
+def test_only_a_graph_that_writes_nothing_skips_functionalization(tmp_path):
+    pure = torch.export.export(torch.nn.Linear(3, 3), (torch.zeros(1, 3),))
+    assert not writes_anything(pure)
+    local = _saved(_Writes(keeps_state=False), tmp_path)
+    assert writes_anything(torch.export.load(local))
+    assert load_program(local).module()(torch.zeros(3)).tolist() == [1.0, 1.0, 1.0]  # writing to its own tensor is fine
+    with pytest.raises(ValueError, match="mutates state"):
+        load_program(_saved(_Writes(keeps_state=True), tmp_path))
