@@ -87,6 +87,22 @@ def as_arrays(curve, budget: float) -> tuple[np.ndarray, np.ndarray]:
     return data[:, 0] / budget, data[:, 1]
 
 
+MIN_WINDOW_POINTS = 3
+"""A comparison window holds at least this many of a run's points: a run that makes few steps would otherwise have
+one point in it, whose standard error is infinite, and no rule could ever stop it."""
+
+
+def window_width(end: float, width: float, *curves: np.ndarray, min_points: int = MIN_WINDOW_POINTS) -> float:
+    """width, or wider: wide enough that (end - width, end] holds min_points of each curve's progress u (all of a
+    curve's points up to end where it has fewer). Runs compared at a progress are compared over the same stretch."""
+    for u in curves:
+        upto = u[u <= end]
+        if len(upto):
+            first = upto[-min(min_points, len(upto))]
+            width = max(width, (end - first) * (1 + 1e-9) + 1e-12)  # the window is open at its start
+    return width
+
+
 def window_mean(u: np.ndarray, y: np.ndarray, end: float, width: float) -> tuple[float, float, int]:
     """Mean, standard error and count of the losses with progress in (end - width, end]."""
     y = y[(u > end - width) & (u <= end)]
@@ -306,7 +322,7 @@ class LinearRule(Rule):
         checks = [p for p in np.arange(c.min_progress, now + 1e-9, c.interval)][-c.window:]
         if len(checks) < max(c.window, 2):
             return Decision(False, None, f"fewer than {c.window} checks so far")
-        width = c.interval
+        width = max(window_width(p, c.interval, u) for p in checks)
         means = [window_mean(u, y, p, width)[0] for p in checks]
         if not all(math.isfinite(m) for m in means):
             return Decision(False, None, "a check without points")
@@ -325,8 +341,9 @@ class SameProgressRule(Rule):
     def _decide(self, u, y, incumbent):
         c: SameProgressConfig = self.config
         now = float(u[-1])
-        mine, my_se, _ = window_mean(u, y, now, c.width)
-        theirs, their_se, _ = window_mean(*incumbent.points, now, c.width)
+        width = window_width(now, c.width, u, incumbent.points[0])
+        mine, my_se, _ = window_mean(u, y, now, width)
+        theirs, their_se, _ = window_mean(*incumbent.points, now, width)
         if not (math.isfinite(mine) and math.isfinite(theirs)):
             return Decision(False, None, "no points to compare at this progress")
         gap, noise = mine - theirs, math.hypot(my_se, their_se)
@@ -361,21 +378,22 @@ class CalibratedRule(Rule):
     def __init__(self, budget: float, config: CalibratedConfig | None = None):
         super().__init__(budget, config)
         self.history: list[Reference] = []
-        self._fits: dict[tuple[int, float], tuple[float, float]] = {}
+        self._fits: dict[tuple[int, float, float], tuple[float, float]] = {}
 
     def learn(self, finished: Reference) -> None:
         if math.isfinite(finished.val_bpb) and len(finished.curve) >= 4:
             self.history.append(finished)
 
-    def _model(self, progress: float) -> tuple[float, float] | None:
-        """(slope, residual sd) of val_bpb gap on loss gap over pairs of finished runs at this progress."""
-        key = (len(self.history), round(progress, 3))
+    def _model(self, progress: float, width: float) -> tuple[float, float] | None:
+        """(slope, residual sd) of val_bpb gap on loss gap over pairs of finished runs at this progress, their mean
+        losses taken over the last `width` of the budget before it."""
+        key = (len(self.history), round(progress, 3), round(width, 6))
         if key not in self._fits:
             if len(self._fits) > 1 << 14:
                 self._fits.clear()
             means, values = [], []
             for ref in self.history:
-                m = window_mean(*ref.points, progress, self.config.width)[0]
+                m = window_mean(*ref.points, progress, width)[0]
                 if math.isfinite(m):
                     means.append(m)
                     values.append(ref.val_bpb)
@@ -390,11 +408,12 @@ class CalibratedRule(Rule):
     def _decide(self, u, y, incumbent):
         c: CalibratedConfig = self.config
         now = float(u[-1])
-        model = self._model(now)
+        width = window_width(now, c.width, u, incumbent.points[0])
+        model = self._model(now, width)
         if model is None:
             return Decision(False, None, f"fewer than {c.min_history} finished runs to learn from")
-        mine = window_mean(u, y, now, c.width)[0]
-        theirs = window_mean(*incumbent.points, now, c.width)[0]
+        mine = window_mean(u, y, now, width)[0]
+        theirs = window_mean(*incumbent.points, now, width)[0]
         if not (math.isfinite(mine) and math.isfinite(theirs)):
             return Decision(False, None, "no points to compare at this progress")
         slope, spread = model

@@ -116,6 +116,17 @@ def test_linear_and_same_progress_rules():
     assert all(d.predicted is None for d in stopper.decisions[:4]) and stopper.decisions[4].predicted is not None
 
 
+def test_a_run_that_logs_few_points_can_still_be_stopped():
+    # a config so slow that it logs one point per tenth of the budget: a 5 % window would hold one point at most,
+    # whose standard error is infinite, and the run could never be stopped however bad it is
+    incumbent = Reference(tuple(power_law_curve(0.8, 0.5, 1.2, 0.02, 0)), 2.6, BUDGET)
+    slow_and_worse = power_law_curve(0.8, 0.5, 2.2, 0.02, 1, points=10)
+    slow_and_as_good = power_law_curve(0.8, 0.5, 1.2, 0.02, 2, points=10)
+    for name in ("same-progress", "linear", "power-law"):
+        assert run_rule(make_rule(name, BUDGET), slow_and_worse, incumbent)[0] is not None, name
+        assert run_rule(make_rule(name, BUDGET), slow_and_as_good, incumbent)[0] is None, name
+
+
 def test_stopper_asks_at_its_check_points_and_never_without_an_incumbent():
     rule = make_rule("same-progress", BUDGET, interval=0.25, min_progress=0.2)
     curve = power_law_curve(0.8, 0.5, 1.2, 0.02, 0)
