@@ -44,6 +44,12 @@ class Hyperparameter:
             return "{" + ", ".join(repr(c) for c in self.choices) + "}"
         return None if self.low is None else f"[{self.low!r}, {self.high!r}]"
 
+    @property
+    def log_scale(self) -> bool:
+        """Whether the range is searched and normalized on a log scale: positive and spanning an order of magnitude
+        or more (learning rates, widths, batch sizes), where equal ratios, not equal differences, are equal steps."""
+        return self.low is not None and self.low > 0 and self.high / self.low >= 10
+
     def in_range(self, value: Any) -> bool:
         """True when value fits the declared range, type included; always True without a range."""
         if self.choices is not None:
@@ -69,7 +75,7 @@ class Hyperparameter:
         v = min(max(value, low), high)  # out-of-range values clamp to the ends
         if high == low:
             return 0.0
-        if low > 0 and high / low >= 100:  # learning rates and the like: equal ratios, equal steps
+        if self.log_scale:
             return math.log(v / low) / math.log(high / low)
         return (v - low) / (high - low)
 

@@ -1,5 +1,6 @@
 """kit.hyperparams: parsing train.py's constants, their declared ranges, membership and normalization."""
 
+import dataclasses
 import math
 
 import pytest
@@ -79,12 +80,13 @@ def test_in_range_checks_bounds_and_types():
 def test_normalized_linear_log_choice_and_bool():
     p = by_name()
     assert p["DEPTH"].normalized(1) == 0.0 and p["DEPTH"].normalized(16) == 1.0
-    assert p["DEPTH"].normalized(8.5) == pytest.approx(0.5)
-    # [0.001, 0.2] spans a factor of 200: log scale, so the geometric midpoint maps to 0.5
+    # [1, 16] and [0.001, 0.2] span an order of magnitude or more: log scale, the geometric midpoint maps to 0.5
+    assert p["DEPTH"].log_scale and p["DEPTH"].normalized(4) == pytest.approx(0.5)
     assert p["MATRIX_LR"].normalized(math.sqrt(0.001 * 0.2)) == pytest.approx(0.5)
-    # [0.0, 0.5] starts at zero: linear
-    assert p["WEIGHT_DECAY"].normalized(0.1) == pytest.approx(0.2)
+    # [0.0, 0.5] starts at zero, [-5, 5] crosses it: linear; so is a positive range narrower than a factor of 10
+    assert not p["WEIGHT_DECAY"].log_scale and p["WEIGHT_DECAY"].normalized(0.1) == pytest.approx(0.2)
     assert p["SHIFT"].normalized(-3) == pytest.approx(0.2)
+    assert not dataclasses.replace(p["DEPTH"], low=2, high=16).log_scale
     assert [p["WINDOW_PATTERN"].normalized(v) for v in ("L", "SL", "SSL")] == [0.0, 0.5, 1.0]
     assert (p["QK_NORM"].normalized(False), p["QK_NORM"].normalized(True)) == (0.0, 1.0)
     assert p["DEPTH"].normalized(100) == 1.0 and p["MATRIX_LR"].normalized(-1.0) == 0.0  # clamped

@@ -89,12 +89,11 @@ def _changed(before: list[Hyperparameter], after: list[Hyperparameter]) -> dict[
 
 
 def _sample(knob: Hyperparameter, rng: np.random.Generator) -> Any:
-    """A value drawn uniformly over the knob's range (log-uniformly over wide positive ranges, as Optuna would)."""
+    """A value drawn uniformly over the knob's range (log-uniformly where it has a log scale, as Optuna would)."""
     if knob.choices is not None:
         return knob.choices[int(rng.integers(len(knob.choices)))]
     low, high = knob.low, knob.high
-    log = low > 0 and high / low >= 100
-    x = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if log else float(rng.uniform(low, high))
+    x = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if knob.log_scale else float(rng.uniform(low, high))
     if knob.kind == "int":
         return int(min(max(round(x), low), high))
     return min(max(float(f"{x:.3g}"), low), high)
