@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--llm-url", help="the llm policy's OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
                       "(API key from $OPENAI_API_KEY)")
     loop.add_argument("--llm-model", help="the model name the llm endpoint serves")
+    loop.add_argument("--llm-share", type=share, help="cmaes-llm: the share of CMA-ES's proposals the LLM may "
+                      f"override (default: {default(LoopConfig, 'llm_share')})")
     loop.add_argument("--early-stopping", choices=(*RULES, "none"), help="stop rule asked while a run trains "
                       f"(default: {default(LoopConfig, 'early_stopping')}, which bench/early_stopping.md found safe)")
     loop.add_argument("--confirm-runs", type=int, help="runs under new seeds a near miss gets before it is dropped "

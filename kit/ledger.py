@@ -70,7 +70,7 @@ class Record:
     numpy values plain numbers, dict keys strings), so what is appended is exactly what records() gives back."""
 
     iteration: int  # the loop's step (0: the baseline)
-    policy: str  # name of the policy that proposed it (ppo, random, greedy, tpe, cmaes, ...)
+    policy: str  # name of the policy that proposed it (ppo, random, greedy, tpe, cmaes, gp, ...)
     description: str  # what the experiment tried, one line, e.g. 'MATRIX_LR ×1.25'
     diff: str  # unified diff of train.py against the parent
     parent_commit: str | None  # git commit the edit was applied to

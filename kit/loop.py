@@ -62,7 +62,7 @@ class LoopConfig:
     profile: str = "cpu"
     """Profile of prepare.py: smoke, cpu or gpu."""
     policy: str = "ppo"
-    """A policy of kit.policies.REGISTRY: ppo, random, greedy, tpe, cmaes, lm or llm."""
+    """A policy of kit.policies.REGISTRY: ppo, random, greedy, tpe, cmaes, gp, cmaes-llm, lm or llm."""
     stop: StopConditions = field(default_factory=StopConditions)
     """When to stop: iterations, hours, GPU-hours, convergence."""
     seed: int = 0
@@ -105,6 +105,8 @@ class LoopConfig:
     """The llm proposer's OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."""
     llm_model: str | None = None
     """The model name the llm endpoint serves."""
+    llm_share: float = 0.3
+    """The cmaes-llm hybrid: the share of CMA-ES's proposals the LLM at the endpoint may override."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
 
@@ -116,6 +118,8 @@ class LoopConfig:
                 raise ValueError(f"the {self.policy} policy needs {name}: give --{name.replace('_', '-')}")
         if self.budget is not None and not self.budget > 0:
             raise ValueError(f"budget must be positive, got {self.budget=}")
+        if not 0 <= self.llm_share <= 1:
+            raise ValueError(f"llm_share is a share of the proposals, in [0, 1], got {self.llm_share=}")
         if self.llm_url is not None and not self.llm_url.startswith(("http://", "https://")):
             raise ValueError(f"llm_url must start with http:// or https://, got {self.llm_url!r}")
         if self.early_stopping != "none" and self.early_stopping not in RULES:
@@ -181,7 +185,7 @@ class ResearchLoop:
             catalog=self.catalog, knobs=edits.knobs(self.source), observation_size=self._observation(self.source).size,
             seed=self.config.seed, edit_features=edits.edit_features(self.source, self.catalog, self.knob_names),
             ppo=self.config.ppo, lm_model=self.config.lm_model, llm_url=self.config.llm_url,
-            llm_model=self.config.llm_model))
+            llm_model=self.config.llm_model, llm_share=self.config.llm_share))
         self.frontier = Frontier(self.catalog)
         self._load_policy()
         paused = self.run_dir / PAUSED_FILE
@@ -273,6 +277,7 @@ class ResearchLoop:
             return
         result, _ = measured
         decision = self._decide(NOISE_POLICY, result, self.source, "baseline")
+        self._witness(self.source, result)
         self._record(result, decision, policy=NOISE_POLICY, source=self.source,
                      description=f"baseline (noise floor, seed {seed})", diff="", reward=Reward(0.0, {}), stats={})
 
@@ -289,12 +294,20 @@ class ResearchLoop:
         if result.status is Status.OK and (why := self._seed_ignored(result, near.source)):
             result = dataclasses.replace(result, status=Status.TAMPERED, val_bpb=None, reason=why)
         decision = self._decide(CONFIRM_POLICY, result, near.source, near.description)
+        self._witness(near.source, result)
         values = near.values + ([result.val_bpb] if result.status is Status.OK else [])
         mean = sum(values) / len(values) if values else float("nan")
         self._record(result, decision, policy=CONFIRM_POLICY, source=near.source,
                      description=f"{near.description} (run {len(values)} of at most {1 + self.config.confirm_runs}, "
                                  f"seed {seed}; mean {mean:.6f})",
                      diff=near.diff, reward=Reward(0.0, {}), stats={})
+
+    def _witness(self, source: str, result: RunResult) -> None:
+        """Tell the policy of a judged run it did not propose (saved before the record, as its own outcomes are)."""
+        if result.status is Status.CONTENDED:
+            return
+        self.policy.witness(edits.knobs(source), result.val_bpb if result.status is Status.OK else None)
+        self._save_policy()
 
     def _experiment(self, source: str, seed: int | None, *, policy: str, description: str, diff: str,
                     stop_rule: bool = False) -> tuple[RunResult, _Watch] | None:

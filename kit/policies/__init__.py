@@ -3,7 +3,8 @@
     base.py      State, Proposal, Outcome, Setup and Policy (the protocol and its defaults)
     operator.py  ppo: an actor-critic that picks one catalog edit, trained with PPO (the default)
     search.py    random, greedy
-    samplers.py  tpe, cmaes: Optuna's samplers over every ranged knob
+    samplers.py  tpe, cmaes, gp: Optuna's samplers over every ranged knob
+    hybrid.py    cmaes-llm: CMA-ES, with an LLM overriding a share of its proposals
     lm.py        lm: a causal LM with LoRA adapters that writes diffs, trained with PPO on its tokens
     llm.py       llm: an OpenAI-compatible endpoint that writes diffs, no learning
 
@@ -38,6 +39,9 @@ REGISTRY: dict[str, Entry] = {
     "greedy": Entry("kit.policies.search:GreedyPolicy", "autoresearch's hill-climb: a random edit of the best"),
     "tpe": Entry("kit.policies.samplers:TPEPolicy", "Optuna's TPE over every ranged knob"),
     "cmaes": Entry("kit.policies.samplers:CMAESPolicy", "Optuna's CMA-ES over every ranged knob"),
+    "gp": Entry("kit.policies.samplers:GPPolicy", "Optuna's Gaussian-process sampler over every ranged knob"),
+    "cmaes-llm": Entry("kit.policies.hybrid:HybridPolicy", "CMA-ES whose proposals an OpenAI-compatible endpoint "
+                       "may override (--llm-share of them)", needs=("llm_url", "llm_model")),
     "lm": Entry("kit.policies.lm:LMPolicy", "a causal LM with LoRA that writes diffs, trained with PPO",
                 needs=("lm_model",)),
     "llm": Entry("kit.policies.llm:LLMProposer", "an OpenAI-compatible endpoint that writes diffs (no learning)",

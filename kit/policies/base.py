@@ -81,6 +81,7 @@ class Setup:
     lm_model: str | None = None  # the lm policy's causal LM: a local path or a hub name
     llm_url: str | None = None  # the llm proposer's OpenAI-compatible endpoint
     llm_model: str | None = None  # the model name that endpoint serves
+    llm_share: float = 0.3  # the cmaes-llm hybrid: the share of CMA-ES's proposals the LLM may override
 
 
 class Policy:
@@ -101,6 +102,11 @@ class Policy:
     def observe(self, outcome: Outcome) -> dict:
         """Learn from what became of a proposal; the numbers to log (PPO's losses after an update), else {}."""
         return {}
+
+    def witness(self, knobs: list[Hyperparameter], val_bpb: float | None) -> None:
+        """Told of a run the loop made without it (the noise floor's runs of the baseline, a near miss's re-runs
+        under new seeds): that train.py's ranged knobs and its val_bpb (None when it failed). A sampler adds it to
+        what it models; a policy that picks edits has it in State.memory already."""
 
     def state_dict(self) -> dict:
         return {}

@@ -1,10 +1,10 @@
 """The source's "greedy LLM" baseline: any OpenAI-compatible chat endpoint proposes edits; no learning, the loop
 keeps an edit if it is better.
 
-Owns: the chat-completions request (a local vLLM, llama.cpp or Ollama server, or a hosted one, by URL, model
-name and an API key read from the environment), timeouts, retries with backoff, 429 rate limits (Retry-After
-honoured), and turning the reply into a candidate train.py. A failed or malformed reply becomes a Proposal with
-an error (a `rejected` record), never an exception.
+Owns: the chat-completions request (`complete`, which the CMA-ES + LLM hybrid uses too: a local vLLM, llama.cpp
+or Ollama server, or a hosted one, by URL, model name and an API key read from the environment), timeouts, retries
+with backoff, 429 rate limits (Retry-After honoured), and turning the reply into a candidate train.py. A failed
+or malformed reply becomes a Proposal with an error (a `rejected` record), never an exception.
 Does not own: the prompt (kit/prompt.py), deciding what to keep (kit/loop.py).
 """
 
@@ -66,7 +66,7 @@ class LLMProposer(Policy):
         try:
             rendered = render_prompt(state.source, state.memory, lambda text: len(text) // 4,
                                      self.config.context_tokens, self.program)
-            reply = self._chat(rendered.text)
+            reply = complete(self.config, SYSTEM, rendered.text, self.sleep)
             candidate, description = parse_completion(reply, state.source)
             error = None
         except (LLMError, EditError, ValueError) as failure:
@@ -74,33 +74,36 @@ class LLMProposer(Policy):
         return Proposal(edit=None, values=None, action=None, logprob=0.0, value=0.0,
                         description=f"llm: {description}", candidate=candidate, error=error)
 
-    def _chat(self, prompt: str) -> str:
-        c = self.config
-        body = json.dumps({"model": c.model, "temperature": c.temperature, "max_tokens": c.max_tokens,
-                           "messages": [{"role": "system", "content": "You improve train.py. Answer with IDEA: "
-                                         "and one unified diff, as the agenda says."},
-                                        {"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if key := os.environ.get(c.api_key_env):
-            headers["Authorization"] = f"Bearer {key}"
-        url = c.url.rstrip("/") + "/chat/completions"
-        last = "no attempt"
-        for attempt in range(c.retries + 1):
-            wait = min(c.backoff * 2 ** attempt, c.max_backoff)
-            try:
-                request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=c.timeout) as response:
-                    return _content(response.read())
-            except urllib.error.HTTPError as error:
-                last = f"HTTP {error.code} {error.reason}"
-                if error.code not in RETRYABLE:
-                    raise LLMError(f"{url}: {last}; check the URL, model name and ${c.api_key_env}") from None
-                wait = _retry_after(error.headers.get("Retry-After"), wait, c.max_backoff)
-            except (TimeoutError, urllib.error.URLError, ConnectionError) as error:
-                last = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
-            if attempt < c.retries:
-                self.sleep(wait)
-        raise LLMError(f"{url}: no reply after {c.retries + 1} attempts (last: {last})")
+
+SYSTEM = "You improve train.py. Answer with IDEA: and one unified diff, as the agenda says."
+
+
+def complete(c: LLMConfig, system: str, prompt: str, sleep: Callable[[float], None] = time.sleep) -> str:
+    """The endpoint's reply to one system and one user message; LLMError (one line) when there is none."""
+    body = json.dumps({"model": c.model, "temperature": c.temperature, "max_tokens": c.max_tokens,
+                       "messages": [{"role": "system", "content": system},
+                                    {"role": "user", "content": prompt}]}).encode()
+    headers = {"Content-Type": "application/json"}
+    if key := os.environ.get(c.api_key_env):
+        headers["Authorization"] = f"Bearer {key}"
+    url = c.url.rstrip("/") + "/chat/completions"
+    last = "no attempt"
+    for attempt in range(c.retries + 1):
+        wait = min(c.backoff * 2 ** attempt, c.max_backoff)
+        try:
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            with urllib.request.urlopen(request, timeout=c.timeout) as response:
+                return _content(response.read())
+        except urllib.error.HTTPError as error:
+            last = f"HTTP {error.code} {error.reason}"
+            if error.code not in RETRYABLE:
+                raise LLMError(f"{url}: {last}; check the URL, model name and ${c.api_key_env}") from None
+            wait = _retry_after(error.headers.get("Retry-After"), wait, c.max_backoff)
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as error:
+            last = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+        if attempt < c.retries:
+            sleep(wait)
+    raise LLMError(f"{url}: no reply after {c.retries + 1} attempts (last: {last})")
 
 
 class LLMError(RuntimeError):

@@ -1,13 +1,20 @@
 """Optuna's samplers as policies: every proposal sets every ranged knob; ask/tell with val_bpb, minimized.
 
-Owns: `SamplerPolicy` (ask/tell over the knobs, the study's finished trials as its resumable state), `TPEPolicy`
-and `CMAESPolicy`, and mapping a knob's declared range to an Optuna distribution.
+Set up as an Optuna user with a working baseline sets them up: the runs of train.py the loop made itself (the noise
+floor, a near miss's re-runs) are added to the study as finished trials before and while the sampler proposes; CMA-ES
+starts at train.py's values with a step of a tenth of each (scaled) range; ranges that span an order of magnitude are
+searched on a log scale; a failed run is a FAIL trial; a pruned run is told as the val_bpb its stop rule forecast
+(as a PRUNED trial CMA-ES would drop it, and TPE would only rank it below every finished one).
+
+Owns: `SamplerPolicy` (the ask/tell wiring, the study's finished trials as its resumable state), `TPEPolicy`,
+`CMAESPolicy` and `GPPolicy`, and mapping a knob's declared range to an Optuna distribution.
 Does not own: the knobs (kit/hyperparams.py) or writing the values into train.py (kit.edits.set_values).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,16 +36,20 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # the ledger records every
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    tpe_startup_trials: int = 10
-    """Random trials before TPE starts modelling."""
+    startup_trials: int = 10
+    """Finished trials before TPE or the GP starts modelling (Optuna's default); the loop's own runs count."""
+    cmaes_sigma0: float = 0.1
+    """CMA-ES's initial step size as a share of every knob's scaled range (it starts at train.py's values)."""
     significant_digits: int = 4
     """Floats the samplers propose are rounded to this many digits."""
 
     def __post_init__(self):
-        for name in ("tpe_startup_trials", "significant_digits"):
+        for name in ("startup_trials", "significant_digits"):
             x = getattr(self, name)
             if not (isinstance(x, int) and x >= 1):
                 raise ValueError(f"SamplerConfig.{name} must be an int >= 1, got {x=}")
+        if not 0 < self.cmaes_sigma0 <= 1:
+            raise ValueError(f"SamplerConfig.cmaes_sigma0 is a share of a range, in (0, 1], got {self.cmaes_sigma0=}")
 
 
 class SamplerPolicy(Policy):
@@ -78,16 +89,27 @@ class SamplerPolicy(Policy):
             if p is outcome.proposal:
                 del self.pending[i]
                 value = outcome.val_bpb
-                ok = value is not None and math.isfinite(value)
-                self.study.tell(trial, value if ok else None, state=None if ok else TrialState.FAIL)
+                self._tell(trial, p.values, value if value is not None and math.isfinite(value) else None)
                 return {}
         raise ValueError(f"{self.name} did not propose this (or was already told about it): "
                          f"{outcome.proposal.description}")
 
-    def add_result(self, values: dict[str, Any], val_bpb: float) -> None:
-        """Record a run the policy did not propose (the baseline train.py, say), so the search starts from it."""
-        params = {k.name: values[k.name] for k in self.knobs}
-        self.study.add_trial(optuna.trial.create_trial(value=val_bpb, params=params, distributions=self.distributions))
+    def _tell(self, trial: optuna.Trial, values: dict[str, Any], value: float | None) -> None:
+        """The asked trial's end: its value, or FAIL (None) for a run that gave none."""
+        self.study.tell(trial, value, state=None if value is not None else TrialState.FAIL)
+
+    def witness(self, knobs: list[Hyperparameter], val_bpb: float | None) -> None:
+        """A finished run it did not propose becomes a finished trial of the study (train.py's values outside their
+        declared ranges are no point of this search space, and a failed run says nothing about one)."""
+        values = {k.name: k.value for k in knobs}
+        if val_bpb is None or not math.isfinite(val_bpb) or not set(self.distributions) <= set(values):
+            return
+        params = {name: values[name] for name in self.distributions}
+        try:
+            trial = optuna.trial.create_trial(value=val_bpb, params=params, distributions=self.distributions)
+        except ValueError:
+            return
+        self.study.add_trial(trial)
 
     def state_dict(self) -> dict:
         """Finished trials as JSON (pending ones are dropped: the loop proposes again after a resume)."""
@@ -112,26 +134,41 @@ class TPEPolicy(SamplerPolicy):
     name = "tpe"
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.config.tpe_startup_trials)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.config.startup_trials)
 
 
 class CMAESPolicy(SamplerPolicy):
-    """Optuna's CMA-ES over the numeric knobs (choices and bools are sampled at random beside it); needs `cmaes`."""
+    """Optuna's CMA-ES over the numeric knobs, centred on train.py's values (choices and bools are sampled at random
+    beside it); needs `cmaes`."""
 
     name = "cmaes"
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        x0 = {k.name: min(max(k.value, k.low), k.high) for k in self.knobs
+              if k.choices is None and isinstance(k.value, int | float)}
+        with warnings.catch_warnings():  # Optuna 5 marks x0 and sigma0 deprecated; they are supported until 6
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.samplers.CmaEsSampler(x0=x0, sigma0=self.config.cmaes_sigma0, seed=seed,
+                                                warn_independent_sampling=False)
+
+
+class GPPolicy(SamplerPolicy):
+    """Optuna's Gaussian-process sampler (expected improvement) over the knobs."""
+
+    name = "gp"
+
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=self.config.startup_trials,
+                                         warn_independent_sampling=False)
 
 
 def distribution(knob: Hyperparameter) -> optuna.distributions.BaseDistribution:
-    """The Optuna distribution of a knob's declared range (log scale for wide positive ranges)."""
+    """The Optuna distribution of a knob's declared range (on a log scale where Hyperparameter.log_scale says)."""
     if knob.choices is not None:
         return CategoricalDistribution(list(knob.choices))
-    log = knob.low > 0 and knob.high / knob.low >= 100  # the same rule as Hyperparameter.normalized
     if knob.kind == "int":
-        return IntDistribution(int(knob.low), int(knob.high), log=log)
-    return FloatDistribution(float(knob.low), float(knob.high), log=log)
+        return IntDistribution(int(knob.low), int(knob.high), log=knob.log_scale)
+    return FloatDistribution(float(knob.low), float(knob.high), log=knob.log_scale)
 
 
 def _tidy(knob: Hyperparameter, value: Any, digits: int) -> Any:

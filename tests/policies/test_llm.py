@@ -2,8 +2,6 @@
 timeouts, server errors and malformed replies (none of which may raise)."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -13,53 +11,11 @@ from kit.policies import State
 from kit.policies.llm import LLMConfig, LLMProposer
 
 from ..helpers import ledger_records, loop_config
+from .chat_server import chat
 
 BASELINE = (REPO_ROOT / "train.py").read_text()
 EDITED = edits.set_values(BASELINE, {"WEIGHT_DECAY": 0.04})
 GOOD = "lower weight decay\n\n```diff\n" + edits.unified_diff(BASELINE, EDITED) + "```\n"
-
-
-def chat(content) -> bytes:
-    return json.dumps({"id": "x", "object": "chat.completion",
-                       "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}).encode()
-
-
-class Script:
-    """Replies played in order, one per request: (status, body, headers, delay seconds)."""
-
-    def __init__(self, *replies):
-        self.replies, self.requests = list(replies), []
-
-
-@pytest.fixture
-def server():
-    script = Script()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            script.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-            status, payload, headers, delay = script.replies.pop(0)
-            if delay:
-                threading.Event().wait(delay)
-            try:
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield script, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
 
 
 def propose(url, script, *replies, **config):
@@ -129,11 +85,12 @@ def test_the_loop_runs_what_the_endpoint_proposes(server, tmp_path, smoke_data):
     assert ran[1].status in ("ok", "pruned") and len(script.requests) == 1
 
 
-def test_cli_asks_for_the_endpoint(tmp_path):
+@pytest.mark.parametrize("policy", ["llm", "cmaes-llm"])
+def test_cli_asks_for_the_endpoint(tmp_path, policy, smoke_data):  # data made first: its progress goes to stderr
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "kit", "loop", "--profile", "smoke", "--policy", "llm",
+    done = subprocess.run([sys.executable, "-m", "kit", "loop", "--profile", "smoke", "--policy", policy,
                            "--run-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.startswith("error: the llm policy needs llm_url: give --llm-url")
+    assert done.returncode == 2 and done.stderr.startswith(f"error: the {policy} policy needs llm_url: give --llm-url")
     assert done.stderr.count("\n") == 1

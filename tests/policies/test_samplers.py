@@ -1,6 +1,7 @@
-"""kit.policies.samplers: TPE and CMA-ES stay in range on train.py's knobs, improve on a quadratic, resume, and
-start from a known result."""
+"""kit.policies.samplers: TPE, CMA-ES and the GP stay in range on train.py's knobs, improve on a quadratic, resume,
+and start from the runs the loop tells them of."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -19,7 +20,7 @@ def _sampler(name: str, knobs, seed: int = 0):
 TARGET = {"A": 0.2, "B": 0.7, "C": 0.9, "LR": 0.3, "N": 0.8}  # in normalized units
 
 
-@pytest.mark.parametrize("name", ["tpe", "cmaes"])
+@pytest.mark.parametrize("name", ["tpe", "cmaes", "gp"])
 def test_search_policies_propose_in_range_on_train_py(name, baseline_source):
     knobs = [k for k in parse_hyperparameters(baseline_source) if k.has_range]
     policy = _sampler(name, knobs)
@@ -55,11 +56,58 @@ def test_search_policies_improve_on_a_quadratic_and_resume(name):
         assert all(k.in_range(proposal.values[k.name]) for k in knobs)
 
 
-def test_search_policies_take_the_baseline_as_a_known_result():
+def _told_of_a_baseline(name: str, values: dict, seed: int = 0):
+    """A sampler built on train.py's knobs at these values and told of their noise floor, as the loop does."""
+    knobs = [dataclasses.replace(k, value=values[k.name]) for k in parse_hyperparameters(QUADRATIC)]
+    policy = _sampler(name, knobs, seed)
+    for val_bpb in (1.0, 1.02, 0.98):
+        policy.witness(knobs, val_bpb)
+    return policy, State(QUADRATIC, [], np.zeros(0, bool), np.zeros(0, np.float32), knobs)
+
+
+LOW = {"A": 0.1, "B": 0.1, "C": -0.8, "LR": 0.0002, "N": 1}
+HIGH = {"A": 0.9, "B": 0.9, "C": 0.8, "LR": 0.05, "N": 9}
+
+
+def _distance(knobs, values, baseline) -> float:
+    return sum((k.normalized(values[k.name]) - k.normalized(baseline[k.name])) ** 2 for k in knobs)
+
+
+def test_cmaes_starts_at_the_baseline_it_is_told_of():
+    for own, other in ((LOW, HIGH), (HIGH, LOW)):
+        policy, state = _told_of_a_baseline("cmaes", own)
+        for _ in range(5):
+            proposal = policy.propose(state)
+            values = proposal.values
+            assert _distance(state.knobs, values, own) < _distance(state.knobs, values, other), values
+            tell(policy, state, proposal, 1.0)
+
+
+@pytest.mark.parametrize("name", ["tpe", "gp"])
+def test_a_modelling_sampler_models_the_runs_it_is_told_of(name):
+    # with Optuna's default start-up of 10 finished trials, the noise floor's 3 count: 7 random proposals, the
+    # same under both baselines (one seed, one objective), then the model; only what it was told tells them apart
+    first_modelled = []
+    for baseline in (LOW, HIGH):
+        policy, state = _told_of_a_baseline(name, baseline)
+        for _ in range(7):
+            proposal = policy.propose(state)
+            tell(policy, state, proposal, 1.0 + _distance(state.knobs, proposal.values, TARGET_VALUES))
+        first_modelled.append(policy.propose(state).values)
+        assert len(policy.study.trials) == 3 + 7 + 1
+    assert first_modelled[0] != first_modelled[1]
+
+
+TARGET_VALUES = {"A": 0.2, "B": 0.7, "C": 0.8, "LR": 0.0016, "N": 8}
+
+
+def test_a_run_outside_the_declared_ranges_or_without_a_value_is_not_told():
+    policy, _ = _told_of_a_baseline("tpe", LOW)
     knobs = parse_hyperparameters(QUADRATIC)
-    policy = _sampler("tpe", knobs)
-    policy.add_result({k.name: k.value for k in knobs}, 0.25)
-    assert len(policy.study.trials) == 1 and policy.study.best_params["N"] == 5 and policy.study.best_value == 0.25
+    policy.witness([dataclasses.replace(k, value=20) if k.name == "N" else k for k in knobs], 0.5)
+    policy.witness(knobs, None)
+    policy.witness(knobs, float("nan"))
+    assert [t.value for t in policy.study.trials] == [1.0, 1.02, 0.98]
     state = State(QUADRATIC, [], np.zeros(0, bool), np.zeros(0, np.float32), knobs)
     proposal = policy.propose(state)
     tell(policy, state, proposal, 0.2, accepted=True)
