@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from kit import REPO_ROOT
@@ -108,7 +109,12 @@ def test_the_loop_runs_the_hybrid_and_the_llm_overrides_about_its_share(server, 
                             llm_url=url, llm_model="local-model", llm_share=0.5,
                             stop=StopConditions(iterations=43)),
                  environment=SyntheticEnvironment(baseline, SyntheticConfig(seed=1)))
-    agent = [r for r in ledger_records(tmp_path) if r.policy == "cmaes-llm"]
+    records = ledger_records(tmp_path)
+    agent = [r for r in records if r.policy == "cmaes-llm"]
     overridden = [r for r in agent if r.description.startswith("cmaes-llm (LLM)")]
     assert len(agent) >= 30 and 0.3 < len(overridden) / len(agent) < 0.7
     assert len(script.requests) == len(overridden)
+    # the loop told CMA-ES of the noise floor first: three finished trials at the baseline's values
+    trials = torch.load(tmp_path / "policy.pt", weights_only=False)["policy"]["trials"]
+    noise = [r.val_bpb for r in records if r.policy == "noise-floor"]
+    assert [t["value"] for t in trials[:3]] == noise and all(t["params"]["MODEL_DIM"] == 128 for t in trials[:3])
