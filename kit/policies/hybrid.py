@@ -24,7 +24,7 @@ import optuna
 from optuna._transform import _SearchSpaceTransform
 from optuna.trial import TrialState
 
-from kit.hyperparams import Hyperparameter
+from kit.hyperparams import _LITERAL_ERRORS, Hyperparameter
 from kit.policies.base import Proposal, Setup, State
 from kit.policies.llm import LLMConfig, LLMError, complete
 from kit.policies.samplers import CMAESPolicy, SamplerConfig
@@ -146,7 +146,7 @@ def parse_values(reply: str, knobs: list[Hyperparameter]) -> dict[str, Any]:
             raise ValueError(f"the reply sets {name}, which is not a ranged knob of train.py")
         try:
             value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        except _LITERAL_ERRORS:  # the reply is anybody's text: a deeply nested one must not end the loop
             raise ValueError(f"the reply's value for {name} is not a literal: {text[:40]!r}") from None
         knob = by_name[name]
         if knob.kind == "int" and isinstance(value, float) and value.is_integer():

@@ -94,8 +94,9 @@ def test_an_unusable_reply_leaves_cmaes_proposal_and_says_why(server, reply, why
 def test_reading_a_reply():
     assert parse_values("```\nA = 0.25\nN = 3.0\n```", KNOBS) == {"A": 0.25, "N": 3}
     assert parse_values("KEEP", KNOBS) == {}
-    with pytest.raises(ValueError, match="not a literal"):
-        parse_values("A = half", KNOBS)
+    for text in ("A = half", "A = 1" + "+1" * 100_000, "A = " + "-" * 100_000 + "1"):  # RecursionError, MemoryError
+        with pytest.raises(ValueError, match="not a literal"):
+            parse_values(text, KNOBS)
     with pytest.raises(ValueError, match="share"):
         _hybrid("http://127.0.0.1:9/v1", share=1.5)
 
