@@ -1,6 +1,6 @@
 """The benchmarks' command line: `python -m kit bench …`.
 
-    python -m kit bench record --profile cpu --runs N [--out data/curves-cpu.jsonl.gz]
+    python -m kit bench record --profile cpu --runs N [--design] [--out data/curves-cpu.jsonl.gz]
     python -m kit bench early-stopping [--curves data/curves-cpu.jsonl.gz] [--orders 50]
     python -m kit bench agents [--environment {replay,synthetic}] [--seeds 20] [--experiments 300] [--jobs 2]
 
@@ -34,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
                              "run's curve to a dataset (resumes)")
     rec.add_argument("--profile", choices=profiles(), default="cpu")
     rec.add_argument("--runs", type=positive_int, required=True, help="stop once the dataset holds this many runs")
-    rec.add_argument("--out", type=Path, help="default: data/curves-<profile>.jsonl.gz")
+    rec.add_argument("--out", type=Path, help="default: data/curves-<profile>.jsonl.gz (data/design-<profile>."
+                     "jsonl.gz with --design)")
+    rec.add_argument("--design", action="store_true", help="record the tabular world's design instead: catalog "
+                     "walks and Sobol points around the baseline, each under the same seeds")
     rec.add_argument("--seed", type=int, default=0, help="seed of the choice of runs")
     rec.add_argument("--budget", type=positive, default=None, help="training seconds (default: the profile's)")
     rec.add_argument("--sandbox", choices=SANDBOXES, default="auto")
@@ -77,8 +80,10 @@ def _record(args: argparse.Namespace) -> int:
     from kit.bench.recorder import record
 
     ensure_data(args.profile)
-    out = getattr(args, "out", None) or REPO_ROOT / "data" / f"curves-{args.profile}.jsonl.gz"
-    records = record(out, args.runs, profile=args.profile, seed=args.seed, budget=args.budget, sandbox=args.sandbox)
+    name = "design" if args.design else "curves"
+    out = getattr(args, "out", None) or REPO_ROOT / "data" / f"{name}-{args.profile}.jsonl.gz"
+    records = record(out, args.runs, profile=args.profile, seed=args.seed, budget=args.budget, sandbox=args.sandbox,
+                     design=args.design)
     print(f"{len(records)} runs in {out}")
     return 0
 

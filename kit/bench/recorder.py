@@ -1,9 +1,11 @@
 """A dataset of real learning curves: full runs of train.py and of edits of it, recorded without early stopping.
 
 Owns: choosing what to record (the baseline under other seeds, short random walks through the edit catalog,
-and random settings of a few knobs at once to fill the space), running each to its end with the harness, and
-the dataset file: one gzip member per run appended to a .jsonl.gz, so a killed recording loses at most the run
-in flight and resumes where it stopped. Loading it back for the early-stopping and agent benchmarks.
+and random settings of a few knobs at once to fill the space; or, for a tabular world, a design of cells each
+recorded under the same few seeds: catalog walks interleaved with a Sobol design over a box around the baseline),
+running each to its end with the harness, and the dataset file: one gzip member per run appended to a .jsonl.gz,
+so a killed recording loses at most the run in flight and resumes where it stopped. Loading it back for the
+early-stopping and agent benchmarks.
 Does not own: running experiments or measuring their contention (kit/harness.py), or forecasting curves
 (kit/predictor.py).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -81,6 +84,70 @@ def plan_run(index: int, baseline: str, profile_seed: int, seed: int = 0) -> Pla
     values = {n: v for n, v in values.items() if not edits._same(v, next(k.value for k in knobs if k.name == n))}
     text = ", ".join(f"{n} -> {v!r}" for n, v in values.items()) or "baseline (the draw changed nothing)"
     return Plan(kind, text, values, profile_seed)
+
+
+DESIGN_SEEDS = 2
+"""Seeds every design cell is recorded under, the same ones for every cell, so cells compare seed for seed."""
+BOX_FACTOR = 3.0
+"""The design's box: a log-scaled knob ranges over its baseline value ÷ this to × this (within its declared range)."""
+BOX_SHARE = 0.25
+"""... and a linear knob over its baseline value ± this share of its declared span."""
+SOBOL_POINTS = 1024
+
+
+def design_box(knob: Hyperparameter) -> tuple[float, float]:
+    """The range a design samples a numeric knob over: near enough to the baseline that most runs train."""
+    if knob.log_scale:
+        return max(knob.low, knob.value / BOX_FACTOR), min(knob.high, knob.value * BOX_FACTOR)
+    half = BOX_SHARE * (knob.high - knob.low)
+    return max(knob.low, knob.value - half), min(knob.high, knob.value + half)
+
+
+def _design_value(knob: Hyperparameter, u: float) -> Any:
+    """The value at quantile u in [0, 1) of the knob's design range (log-uniform where it has a log scale)."""
+    if knob.choices is not None:
+        return knob.choices[min(int(u * len(knob.choices)), len(knob.choices) - 1)]
+    low, high = design_box(knob)
+    x = float(np.exp(np.log(low) + u * np.log(high / low))) if knob.log_scale else low + u * (high - low)
+    if knob.kind == "int":
+        return int(min(max(round(x), math.ceil(low)), math.floor(high)))
+    return min(max(float(f"{x:.3g}"), low), high)
+
+
+def _sobol(dimensions: int, seed: int) -> np.ndarray:
+    from scipy.stats import qmc
+
+    return qmc.Sobol(dimensions, scramble=True, seed=seed).random(SOBOL_POINTS)
+
+
+def design_cell(cell: int, baseline: str, profile_seed: int, seed: int = 0) -> tuple[str, str, dict[str, Any]]:
+    """(kind, description, values) of a design's cell-th cell: even cells walk the catalog (the walks of
+    plan_run, in order, so they coincide with recorded runs), odd cells are the points of a scrambled Sobol design
+    over every ranged knob."""
+    if cell % 2 == 0:
+        walks = (plan for i in range(1, 1 << 20)
+                 if (plan := plan_run(i, baseline, profile_seed, seed)).kind == "walk")
+        walk = next(plan for j, plan in enumerate(walks) if j == cell // 2)
+        return "lattice", walk.description, walk.values
+    knobs = [k for k in edits.knobs(baseline) if k.low is not None or k.choices is not None]
+    point = _sobol(len(knobs), seed)[cell // 2 % SOBOL_POINTS]
+    values = {k.name: _design_value(k, float(u)) for k, u in zip(knobs, point, strict=True)}
+    values = {n: v for n, v in values.items() if not edits._same(v, next(k.value for k in knobs if k.name == n))}
+    return "sobol", f"Sobol point {cell // 2}", values
+
+
+def plan_design(index: int, baseline: str, profile_seed: int, seed: int = 0) -> Plan:
+    """The index-th run of a design recording: cell index // DESIGN_SEEDS under that cell's replicate seed. A pure
+    function of its arguments, so a resumed recording continues the same sequence and any prefix of it is whole
+    cells."""
+    kind, description, values = design_cell(index // DESIGN_SEEDS, baseline, profile_seed, seed)
+    replicate = index % DESIGN_SEEDS
+    return Plan(kind, f"{description} (replicate {replicate + 1})", values, design_seed(profile_seed, replicate))
+
+
+def design_seed(profile_seed: int, replicate: int) -> int:
+    """The seed of a design's replicate: never the profile's own, which the other recordings use."""
+    return profile_seed + 1000 + replicate
 
 
 def _changed(before: list[Hyperparameter], after: list[Hyperparameter]) -> dict[str, Any]:
@@ -161,8 +228,9 @@ def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: 
 
 
 def record(out: Path, runs: int, profile: str = "cpu", seed: int = 0, budget: float | None = None,
-           work_dir: Path | None = None, sandbox: str = "auto", log=print) -> list[dict]:
-    """Record runs until out holds `runs` of them (resuming what is there); returns all records."""
+           work_dir: Path | None = None, sandbox: str = "auto", design: bool = False, log=print) -> list[dict]:
+    """Record runs until out holds `runs` of them (resuming what is there); returns all records. design: the
+    tabular design's sequence (plan_design) instead of the mixed one (plan_run)."""
     import prepare
 
     out = Path(out)
@@ -172,8 +240,9 @@ def record(out: Path, runs: int, profile: str = "cpu", seed: int = 0, budget: fl
     budget = float(budget if budget is not None else spec.time_budget)
     work_dir = Path(work_dir or REPO_ROOT / "runs" / f"record-{profile}")
     records = read_dataset(out)
+    planner = plan_design if design else plan_run
     for index in range(len(records), runs):
-        plan = plan_run(index, baseline, spec.seed, seed)
+        plan = planner(index, baseline, spec.seed, seed)
         source = edits.set_values(baseline, plan.values)
         run_dir = work_dir / f"{index:05d}"
         shutil.rmtree(run_dir, ignore_errors=True)

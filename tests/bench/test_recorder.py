@@ -60,3 +60,25 @@ def test_record_runs_full_experiments_and_resumes(tmp_path: Path, smoke_data):
     assert not any((tmp_path / "work").rglob("model.pt2"))  # hand-off files are not kept
     again = recorder.record(out, 3, profile="smoke", budget=2.0, work_dir=tmp_path / "work", log=lambda line: None)
     assert again[:2] == first and again[2]["index"] == 2
+
+
+def test_a_design_records_whole_cells_under_shared_seeds_inside_its_box(baseline_source):
+    plans = [recorder.plan_design(i, baseline_source, 1337) for i in range(8)]
+    assert plans == [recorder.plan_design(i, baseline_source, 1337) for i in range(8)]  # a resume continues the same
+    assert [p.kind for p in plans] == ["lattice"] * 2 + ["sobol"] * 2 + ["lattice"] * 2 + ["sobol"] * 2
+    seeds = [recorder.design_seed(1337, r) for r in range(recorder.DESIGN_SEEDS)]
+    for cell in range(0, 8, recorder.DESIGN_SEEDS):  # a cell's replicates: the same values, the shared seeds
+        assert [p.values for p in plans[cell:cell + 2]] == [plans[cell].values] * 2
+        assert [p.seed for p in plans[cell:cell + 2]] == seeds and 1337 not in seeds
+    walks = [p for i in range(1, 40) if (p := recorder.plan_run(i, baseline_source, 1337)).kind == "walk"]
+    assert plans[0].values == walks[0].values and plans[4].values == walks[1].values  # cells a recording has run
+    knobs = {k.name: k for k in edits.knobs(baseline_source)}
+    for plan in plans:
+        assert gate.check_source(edits.set_values(baseline_source, plan.values)).ok, plan
+        if plan.kind == "sobol":
+            assert len(plan.values) > len(knobs) / 2  # a whole config, not one edit
+            for name, value in plan.values.items():
+                if knobs[name].choices is None:
+                    low, high = recorder.design_box(knobs[name])
+                    assert low <= value <= high, (name, value)
+    assert recorder.design_box(knobs["MATRIX_LR"]) == pytest.approx((0.02 / 3, 0.06))
