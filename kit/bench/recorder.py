@@ -93,6 +93,10 @@ BOX_FACTOR = 3.0
 BOX_SHARE = 0.25
 """... and a linear knob over its baseline value ± this share of its declared span."""
 SOBOL_POINTS = 1024
+ANCHOR_EVERY = 8
+"""Every this many cells the design records the baseline again under the same seeds: the same config and seed run
+twice differ only by the machine's speed that day, so these anchors show whether a recording spread over sessions
+stayed comparable (the host's speed was seen to halve between sessions, which no contention check inside it sees)."""
 
 
 def design_box(knob: Hyperparameter) -> tuple[float, float]:
@@ -121,9 +125,12 @@ def _sobol(dimensions: int, seed: int) -> np.ndarray:
 
 
 def design_cell(cell: int, baseline: str, profile_seed: int, seed: int = 0) -> tuple[str, str, dict[str, Any]]:
-    """(kind, description, values) of a design's cell-th cell: even cells walk the catalog (the walks of
-    plan_run, in order, so they coincide with recorded runs), odd cells are the points of a scrambled Sobol design
-    over every ranged knob."""
+    """(kind, description, values) of a design's cell-th cell: every ANCHOR_EVERY-th is the baseline; of the rest,
+    even ones walk the catalog (the walks of plan_run, in order), odd ones are the points of a scrambled Sobol
+    design over every ranged knob."""
+    if cell % ANCHOR_EVERY == 0:
+        return "anchor", "baseline", {}
+    cell -= cell // ANCHOR_EVERY + 1
     if cell % 2 == 0:
         walks = (plan for i in range(1, 1 << 20)
                  if (plan := plan_run(i, baseline, profile_seed, seed)).kind == "walk")

@@ -63,15 +63,18 @@ def test_record_runs_full_experiments_and_resumes(tmp_path: Path, smoke_data):
 
 
 def test_a_design_records_whole_cells_under_shared_seeds_inside_its_box(baseline_source):
-    plans = [recorder.plan_design(i, baseline_source, 1337) for i in range(8)]
-    assert plans == [recorder.plan_design(i, baseline_source, 1337) for i in range(8)]  # a resume continues the same
-    assert [p.kind for p in plans] == ["lattice"] * 2 + ["sobol"] * 2 + ["lattice"] * 2 + ["sobol"] * 2
+    count = 2 * (recorder.ANCHOR_EVERY + 1)
+    plans = [recorder.plan_design(i, baseline_source, 1337) for i in range(count)]
+    assert plans == [recorder.plan_design(i, baseline_source, 1337) for i in range(count)]  # a resume continues
+    cells = plans[::2]
+    assert [p.kind for p in cells] == ["anchor", *["lattice", "sobol"] * 3, "lattice", "anchor"]
+    assert cells[0].values == {} == cells[recorder.ANCHOR_EVERY].values  # the baseline again, to see drift
     seeds = [recorder.design_seed(1337, r) for r in range(recorder.DESIGN_SEEDS)]
-    for cell in range(0, 8, recorder.DESIGN_SEEDS):  # a cell's replicates: the same values, the shared seeds
+    for cell in range(0, count, recorder.DESIGN_SEEDS):  # a cell's replicates: the same values, the shared seeds
         assert [p.values for p in plans[cell:cell + 2]] == [plans[cell].values] * 2
         assert [p.seed for p in plans[cell:cell + 2]] == seeds and 1337 not in seeds
     walks = [p for i in range(1, 40) if (p := recorder.plan_run(i, baseline_source, 1337)).kind == "walk"]
-    assert plans[0].values == walks[0].values and plans[4].values == walks[1].values  # cells a recording has run
+    assert cells[1].values == walks[0].values and cells[3].values == walks[1].values  # the catalog's walks
     knobs = {k.name: k for k in edits.knobs(baseline_source)}
     for plan in plans:
         assert gate.check_source(edits.set_values(baseline_source, plan.values)).ok, plan
