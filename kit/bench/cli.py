@@ -2,7 +2,7 @@
 
     python -m kit bench record --profile cpu --runs N [--design] [--out data/curves-cpu.jsonl.gz]
     python -m kit bench early-stopping [--curves data/curves-cpu.jsonl.gz] [--orders 50]
-    python -m kit bench agents [--environment {replay,synthetic}] [--seeds 20] [--experiments 300] [--jobs 2]
+    python -m kit bench agents [--environment family,replay,tabular,synthetic] [--seeds 20] [--experiments 300]
 
 Owns: their arguments, one-line errors for bad input, and the reports' headers (what was measured, how, where).
 Does not own: the benchmarks (the modules beside this one).
@@ -21,7 +21,10 @@ from kit.arguments import SANDBOXES, OneLineParser, UsageError, ensure_data, pos
 from kit.policies import REGISTRY
 
 CURVES = REPO_ROOT / "data" / "curves-cpu.jsonl.gz"
+DESIGN = REPO_ROOT / "data" / "design-cpu.jsonl.gz"
+WORLDS = ("family", "replay", "tabular", "synthetic")
 NO_CURVES = "record some with `python -m kit bench record --profile cpu --runs 150`"
+NO_DESIGN = "record a design with `python -m kit bench record --profile cpu --design --runs 200`"
 # what the agents benchmark can run: every policy that needs nothing beyond the loop (no model, no endpoint)
 BENCHABLE = tuple(name for name, entry in REGISTRY.items() if not entry.needs)
 
@@ -54,10 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "early_stopping.md")
     stop.set_defaults(run=_early_stopping)
 
-    agents = benches.add_parser("agents", help="every policy through the loop, many seeds, on a world replayed from "
-                                "recorded runs (or a synthetic one); write bench/agents.md and a plot")
-    agents.add_argument("--environment", choices=("replay", "synthetic"), default="replay")
+    agents = benches.add_parser("agents", help="every policy through the loop, many seeds, on stand-in worlds; write "
+                                "bench/agents.md and a plot")
+    agents.add_argument("--environment", default="family,replay", help="comma-separated worlds: family (held-out "
+                        "members of the synthetic family, one per seed), replay (a surrogate of recorded runs), "
+                        "tabular (the nearest cell of a recorded design), synthetic (the easy catalog-shaped one)")
     agents.add_argument("--curves", type=Path, default=CURVES)
+    agents.add_argument("--design", type=Path, default=DESIGN, help="the tabular world's recording")
     agents.add_argument("--policies", default=",".join(BENCHABLE), help="comma-separated")
     agents.add_argument("--seeds", type=positive_int, default=20)
     agents.add_argument("--experiments", type=positive_int, default=300, help="agent experiments per run")
@@ -68,11 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_curves(path: Path) -> list[dict]:
+def _read_curves(path: Path, hint: str = NO_CURVES) -> list[dict]:
     from kit.bench.recorder import read_dataset
 
     if not path.exists():
-        raise UsageError(f"no recorded curves at {path}: {NO_CURVES}")
+        raise UsageError(f"no recorded runs at {path}: {hint}")
     return read_dataset(path)
 
 
@@ -106,48 +112,84 @@ def _early_stopping(args: argparse.Namespace) -> int:
 
 
 def _agents(args: argparse.Namespace) -> int:
-    from kit.bench import agents
+    from kit.bench import agents, comparison
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if any(p not in BENCHABLE for p in policies) or len(policies) < 2:
         raise UsageError(f"--policies takes two or more of {', '.join(BENCHABLE)}; got {args.policies!r}")
+    names = [w.strip() for w in args.environment.split(",") if w.strip()]
+    if not names or any(w not in WORLDS for w in names):
+        raise UsageError(f"--environment takes one or more of {', '.join(WORLDS)}; got {args.environment!r}")
     baseline = (REPO_ROOT / "train.py").read_text()
-    command = (f"python -m kit bench agents --environment {args.environment} --seeds {args.seeds} "
-               f"--experiments {args.experiments} --policies {','.join(policies)}")
-    if args.environment == "synthetic":
+    built = [_world(name, baseline, args) for name in names]  # every world first: a bad one fails before hours run
+    started = time.perf_counter()
+    worlds = [comparison.World(name, description,
+                               agents.run_all(policies, args.seeds, factory, args.experiments, budget, jobs=args.jobs))
+              for name, description, factory, budget in built]
+    minutes = (time.perf_counter() - started) / 60
+    command = (f"python -m kit bench agents --environment {','.join(names)} --seeds {args.seeds} "
+               f"--experiments {args.experiments} --policies {','.join(policies)} --jobs {args.jobs}")
+    header = ["# Agents head to head",
+              f"Measured by `{command}` in one run on {platform.machine()} with {os.cpu_count()} cores, "
+              f"{time.strftime('%Y-%m-%d')}, in {minutes:.0f} minutes. Every policy runs the unchanged loop (a noise "
+              "floor of 3 baseline runs, the gate, same-progress early stopping, keeping an edit when the mean of its "
+              "runs beats the incumbent's by 2σ scaled to the runs on each side, near misses re-run under up to 2 "
+              f"new seeds, git, ledger) for {args.experiments} experiments per seed; an experiment is a proposal or "
+              "a re-run of a near miss, so a duplicate or rejected proposal counts as one, and so does each re-run. "
+              "Seed i of every policy meets the same world, so results pair by seed."]
+    out = comparison.write_report(worlds, args.out, header)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _world(name: str, baseline: str, args: argparse.Namespace):
+    """(name, description, seed -> environment, training budget) of one world the agents benchmark runs on."""
+    if name == "synthetic":
         from kit.bench.environments import SyntheticConfig, SyntheticEnvironment
 
         environment = SyntheticEnvironment(baseline, SyntheticConfig(seed=args.synthetic_seed))
-        budget, world = environment.config.budget, environment.describe()
-        command += f" --synthetic-seed {args.synthetic_seed}"
-    else:
-        from kit.bench.replay import ReplayEnvironment
+        return name, environment.describe(), lambda seed: environment, environment.config.budget
+    if name == "family":
+        from kit.bench.family import FamilyConfig, SyntheticFamily, held_out_member
+
+        def member(seed: int) -> SyntheticFamily:
+            return SyntheticFamily(baseline, FamilyConfig(member=held_out_member(seed)))
+
+        first, last = held_out_member(0), held_out_member(args.seeds - 1)
+        return (name, f"the synthetic family (kit/bench/family.py), seed i on held-out member {first} + i "
+                f"({first}–{last}), members no policy or test was tuned on; e.g. {member(0).describe()}", member,
+                FamilyConfig().budget)
+    if name == "tabular":
+        from kit.bench.tabular import MAX_DRIFT, TabularEnvironment
 
         try:
-            environment = ReplayEnvironment(baseline, _read_curves(args.curves))
+            environment = TabularEnvironment(baseline, _read_curves(args.design, NO_DESIGN))
         except ValueError as error:
             raise UsageError(str(error)) from None
-        budget = environment.budget
-        cv = environment.surrogate.cross_validate()
-        world = (f"replayed from {sum(len(v) for v in environment.recorded.values())} recorded runs in "
-                 f"{args.curves.name} (the surrogate's 5-fold held-out error on {cv['runs']} ok runs: RMSE "
-                 f"{cv['rmse']:.4f}, MAE {cv['mae']:.4f}, Spearman {cv['spearman']:.2f}; a constant predictor: RMSE "
-                 f"{cv['constant_rmse']:.4f}, MAE {cv['constant_mae']:.4f}; fitted seed noise "
-                 f"{cv['noise_sd']:.4f})")
-    started = time.perf_counter()
-    trajectories = agents.run_all(policies, args.seeds, environment, args.experiments, budget, jobs=args.jobs)
-    minutes = (time.perf_counter() - started) / 60
-    header = ["# Agents head to head", "",
-              f"Measured by `{command}` in one run on {platform.machine()} with {os.cpu_count()} cores, "
-              f"{time.strftime('%Y-%m-%d')}, in {minutes:.0f} minutes with {args.jobs} worker processes. "
-              f"World: {world}. Every policy runs the unchanged loop (a noise floor of 3 baseline runs, the gate, "
-              "same-progress early stopping, keeping an edit when the mean of its runs beats the incumbent's by 2σ "
-              "scaled to the runs on each side, near misses re-run under up to 2 new seeds, git, ledger) for "
-              f"{args.experiments} experiments per seed; an experiment is a proposal or a re-run of a near miss, so "
-              "a duplicate or rejected proposal counts as one, and so does each re-run."]
-    out = agents.write_report(trajectories, args.out, header)
-    print(f"wrote {out} and {out.with_suffix('.png')}")
-    return 0
+        if environment.drift() > MAX_DRIFT:
+            raise UsageError(f"{args.design}: the baseline anchors' steps are {100 * environment.drift():.0f} % apart "
+                             "(the machine's speed changed during the recording); record the design again on one "
+                             "machine")
+        return name, f"{environment.describe()}, from {args.design.name}", lambda seed: environment, environment.budget
+    from kit.bench.replay import ReplayEnvironment
+
+    try:
+        environment = ReplayEnvironment(baseline, _read_curves(args.curves))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    cv = environment.cross_validate()
+    kinds = "; ".join(f"{kind} ({e['runs']} runs): " + (", ".join(f"{name} {e[name]:.4f}" for name in
+                                                                 ("world", "gp", "forest", "constant"))
+                                                       if e["runs"] else "none recorded")
+                      for kind, e in cv["by_kind"].items())
+    description = (f"replayed from {sum(len(v) for v in environment.recorded.values())} recorded runs in "
+                   f"{args.curves.name}, judged by the mean of a Gaussian process and a random forest on log val_bpb, "
+                   f"pulled back to the typical recorded run far from every recorded run (reach "
+                   f"{environment.config.reach:g}). The surrogate's 5-fold held-out error on {cv['runs']} ok runs: "
+                   f"RMSE {cv['rmse']:.4f}, MAE {cv['mae']:.4f}, Spearman {cv['spearman']:.2f}; a constant "
+                   f"predictor: RMSE {cv['constant_rmse']:.4f}, MAE {cv['constant_mae']:.4f}; fitted seed noise "
+                   f"{cv['noise_sd']:.4f}. MAE by how far a config moves from the baseline: {kinds}")
+    return name, description, lambda seed: environment, environment.budget
 
 
 def main(argv: list[str]) -> int:

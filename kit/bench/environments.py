@@ -4,8 +4,8 @@ Owns: `SyntheticEnvironment`, which answers through the harness's signature (kit
 every policy and the stop rules run unchanged against it: it reads train.py's hyperparameters and answers in about
 a millisecond with a val_bpb, a learning curve the stop rules can watch, a run time, and crashes where learning rates
 are too high. Its optimum is reachable from the baseline with the loop's own catalog edits, so tests and teaching
-can check that a policy finds it, and how fast. Also what every stand-in world shares: `simulated_result` and
-`gate_rejection`.
+can check that a policy finds it, and how fast. Also what every stand-in world shares: `simulated_result`,
+`serve_curve`, `moved_curve` and `gate_rejection`.
 Does not own: running train.py (kit/harness.py) or replaying recorded runs (kit/bench/replay.py).
 """
 
@@ -29,6 +29,27 @@ def simulated_result(world: str, budget: float, seed: int, run_dir: Path, status
     return RunResult(status=status, val_bpb=val_bpb, reason=reason, training_seconds=trained, total_seconds=total,
                      peak_mem_mb=None, num_steps=len(curve), curve=tuple(curve),
                      fingerprint={"profile": world, "budget": budget, "device": world}, seed=seed, run_dir=str(run_dir))
+
+
+def serve_curve(world: str, budget: float, status: str, reason: str, curve, val_bpb: float | None, trained: float,
+                total: float, seed: int, run_dir: Path, monitor: Monitor | None) -> RunResult:
+    """A recorded (or replayed) run fed to the monitor point by point, as the harness does; a stop there is a pruned
+    run whose cost is the share of the run it took."""
+    stream = CurveStream(monitor)
+    if stop := stream.feed(curve):
+        t, overhead = stream.curve[-1][0], max(total - trained, 0.0)
+        return simulated_result(world, budget, seed, run_dir, Status.PRUNED, stop, stream.curve, None, t,
+                                t + overhead / 2)
+    return simulated_result(world, budget, seed, run_dir, Status(status), reason, stream.curve, val_bpb, trained,
+                            total)
+
+
+def moved_curve(record: dict, val_bpb: float, budget: float) -> list[tuple[float, float]]:
+    """A recorded ok run's curve, moved to end where a run ending at val_bpb ends: val_bpb and training loss differ
+    in units, so the shift goes through the record's own ratio of final loss to val_bpb."""
+    tail = [loss for t, loss in record["curve"] if t >= 0.95 * budget] or [record["curve"][-1][1]]
+    shift = (val_bpb - record["val_bpb"]) * float(np.mean(tail)) / record["val_bpb"]
+    return [(t, loss + shift) for t, loss in record["curve"]]
 
 
 def gate_rejection(source: str, config: HarnessConfig) -> str | None:

@@ -236,8 +236,9 @@ def to_record(index: int, plan: Plan, result: RunResult, baseline: str, budget: 
 
 def record(out: Path, runs: int, profile: str = "cpu", seed: int = 0, budget: float | None = None,
            work_dir: Path | None = None, sandbox: str = "auto", design: bool = False, log=print) -> list[dict]:
-    """Record runs until out holds `runs` of them (resuming what is there); returns all records. design: the
-    tabular design's sequence (plan_design) instead of the mixed one (plan_run)."""
+    """Record runs until out holds the first `runs` of the sequence, each once with the machine to itself (resuming
+    what is there: an index whose every run shared the machine is run again, and the shared run stays in the file);
+    returns all records. design: the tabular design's sequence (plan_design) instead of the mixed one (plan_run)."""
     import prepare
 
     out = Path(out)
@@ -248,7 +249,8 @@ def record(out: Path, runs: int, profile: str = "cpu", seed: int = 0, budget: fl
     work_dir = Path(work_dir or REPO_ROOT / "runs" / f"record-{profile}")
     records = read_dataset(out)
     planner = plan_design if design else plan_run
-    for index in range(len(records), runs):
+    clean = {r["index"] for r in records if ran_alone(r)}
+    for index in (i for i in range(runs) if i not in clean):
         plan = planner(index, baseline, spec.seed, seed)
         source = edits.set_values(baseline, plan.values)
         run_dir = work_dir / f"{index:05d}"
@@ -262,5 +264,6 @@ def record(out: Path, runs: int, profile: str = "cpu", seed: int = 0, budget: fl
         _append(out, row)
         records.append(row)
         shown = f"{result.val_bpb:.4f}" if result.val_bpb is not None else result.status.value
-        log(f"[{index + 1}/{runs}] {plan.kind:8s} {shown:>8s} {len(result.curve):4d} points  {plan.description}")
+        alone = "" if ran_alone(row) else f"  (shared the machine: {row['others_cpu_share']:.2f}; kept, run again)"
+        log(f"[{index + 1}/{runs}] {plan.kind:8s} {shown:>8s} {len(result.curve):4d} points  {plan.description}{alone}")
     return records

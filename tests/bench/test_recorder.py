@@ -60,6 +60,13 @@ def test_record_runs_full_experiments_and_resumes(tmp_path: Path, smoke_data):
     assert not any((tmp_path / "work").rglob("model.pt2"))  # hand-off files are not kept
     again = recorder.record(out, 3, profile="smoke", budget=2.0, work_dir=tmp_path / "work", log=lambda line: None)
     assert again[:2] == first and again[2]["index"] == 2
+    # index 3 recorded while other work shared the machine (the runs before it made alone, whatever this machine did)
+    resumed = tmp_path / "resumed.jsonl.gz"
+    for row in [*({**r, "others_cpu_share": 0.0} for r in again), {**again[2], "index": 3, "others_cpu_share": 0.5}]:
+        recorder._append(resumed, row)
+    last = recorder.record(resumed, 4, profile="smoke", budget=2.0, work_dir=tmp_path / "work", log=lambda _: None)
+    assert [r["index"] for r in last] == [0, 1, 2, 3, 3]  # run again; the shared one is kept
+    assert last[3]["others_cpu_share"] == 0.5
 
 
 def test_a_design_records_whole_cells_under_shared_seeds_inside_its_box(baseline_source):
