@@ -53,7 +53,7 @@ class World:
 def measures(world: World) -> dict[str, Measure]:
     """Every measure the report compares on, by its column name; the first is primary."""
     n, hours = world.experiments, world.equal_hours
-    out: dict[str, Measure] = {f"final train.py, {len(REEVALUATION_SEEDS)} fresh seeds": lambda t: t.reevaluated}
+    out: dict[str, Measure] = {f"final train.py ({len(REEVALUATION_SEEDS)} fresh seeds)": lambda t: t.reevaluated}
     for c in (*(c for c in CHECKPOINTS if c < n), n):
         out[f"kept, after {c}"] = lambda t, c=c: t.incumbent[c - 1]
     out[f"kept, at {hours:.2f} h"] = lambda t: t.incumbent_at(hours)
@@ -115,7 +115,7 @@ def verdict(world: World) -> str:
     pairs = paired(world, measure, best, [p for p in world.policies if p != best])
     ahead = [f"{q.other} (p = {q.p_holm:.2g})" for q in pairs if q.p_holm < ALPHA]
     tied = [f"{q.other} (p = {q.p_holm:.2g})" for q in pairs if q.p_holm >= ALPHA]
-    text = f"on {world.name}, **{best}** has the lowest median {name}"
+    text = f"on {world.name}, **{best}** has the lowest median val_bpb of the {name}"
     if ahead:
         text += f"; significantly below {', '.join(ahead)}"
     if tied:

@@ -5,7 +5,7 @@ every policy and the stop rules run unchanged against it: it reads train.py's hy
 a millisecond with a val_bpb, a learning curve the stop rules can watch, a run time, and crashes where learning rates
 are too high. Its optimum is reachable from the baseline with the loop's own catalog edits, so tests and teaching
 can check that a policy finds it, and how fast. Also what every stand-in world shares: `simulated_result`,
-`serve_curve`, `moved_curve` and `gate_rejection`.
+`power_law_run`, `serve_curve`, `moved_curve` and `gate_rejection`.
 Does not own: running train.py (kit/harness.py) or replaying recorded runs (kit/bench/replay.py).
 """
 
@@ -50,6 +50,26 @@ def moved_curve(record: dict, val_bpb: float, budget: float) -> list[tuple[float
     tail = [loss for t, loss in record["curve"] if t >= 0.95 * budget] or [record["curve"][-1][1]]
     shift = (val_bpb - record["val_bpb"]) * float(np.mean(tail)) / record["val_bpb"]
     return [(t, loss + shift) for t, loss in record["curve"]]
+
+
+def power_law_run(world: str, budget: float, seed: int, run_dir: Path, monitor: Monitor | None,
+                  rng: np.random.Generator, final: float, points: int, height: float, jitter: float,
+                  crash: str | None, overhead: float) -> RunResult:
+    """A run whose loss falls as final + height (u^-1/2 - 1) over the share u of the budget, with jitter, reported
+    at `points` even steps to the monitor (a stop there is a pruned run); a crash ends it at a fifth."""
+    stream = CurveStream(monitor)
+    for i in range(1, points + 1):
+        u = i / points
+        t = budget * u
+        loss = final + height * (u ** -0.5 - 1) + jitter * float(rng.standard_normal())
+        if crash and u > 0.2:
+            return simulated_result(world, budget, seed, run_dir, Status.CRASH, crash, stream.curve, None, t,
+                                    t + overhead / 2)
+        if reason := stream.add(round(t, 3), loss):
+            return simulated_result(world, budget, seed, run_dir, Status.PRUNED, reason, stream.curve, None, t,
+                                    t + overhead / 2)
+    return simulated_result(world, budget, seed, run_dir, Status.OK, "", stream.curve, round(final, 6), budget,
+                            budget + overhead)
 
 
 def gate_rejection(source: str, config: HarnessConfig) -> str | None:
@@ -142,25 +162,12 @@ class SyntheticEnvironment:
         budget = float(config.budget or c.budget)
         seed = int(config.seed if config.seed is not None else 0)
 
-        def result(status: Status, reason: str, curve=(), val_bpb=None, trained: float = 0.0, total: float = 0.0):
-            return simulated_result(f"synthetic-{c.seed}", budget, seed, run_dir, status, reason, curve, val_bpb,
-                                    trained, total)
-
         if rejection := gate_rejection(source, config):
-            return result(Status.REJECTED, rejection)
+            return simulated_result(f"synthetic-{c.seed}", budget, seed, run_dir, Status.REJECTED, rejection)
         rng = np.random.default_rng([c.seed, seed, int(hashlib.sha256(source.encode()).hexdigest()[:12], 16)])
         final = self.expected_bpb(source) + c.noise * float(rng.standard_normal())
-        crash = self.diverges(source)
-        stream = CurveStream(monitor)
-        for i in range(1, c.points + 1):
-            u = i / c.points
-            t = budget * u
-            loss = final + 0.6 * (u ** -0.5 - 1) + 0.01 * float(rng.standard_normal())
-            if crash and u > 0.2:
-                return result(Status.CRASH, crash, stream.curve, trained=t, total=t + c.overhead / 2)
-            if reason := stream.add(round(t, 3), loss):
-                return result(Status.PRUNED, reason, stream.curve, trained=t, total=t + c.overhead / 2)
-        return result(Status.OK, "", stream.curve, val_bpb=round(final, 6), trained=budget, total=budget + c.overhead)
+        return power_law_run(f"synthetic-{c.seed}", budget, seed, run_dir, monitor, rng, final, c.points, 0.6, 0.01,
+                             self.diverges(source), c.overhead)
 
     def describe(self) -> str:
         """The optimum in one line, for tests and teaching."""

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from kit import edits
-from kit.bench.environments import DEFAULT_HARNESS, gate_rejection, simulated_result
+from kit.bench.environments import DEFAULT_HARNESS, gate_rejection, power_law_run, simulated_result
 from kit.hyperparams import Hyperparameter
-from kit.results import CurveStream, HarnessConfig, Monitor, RunResult, Status
+from kit.results import HarnessConfig, Monitor, RunResult, Status
 
 DEVELOPMENT = range(0, 1000)
 """Members tests and tuning may use."""
@@ -159,30 +159,17 @@ class SyntheticFamily:
         budget = float(config.budget or c.budget)
         seed = int(config.seed if config.seed is not None else 0)
 
-        def result(status: Status, reason: str, curve=(), val_bpb=None, trained: float = 0.0, total: float = 0.0):
-            return simulated_result(f"family-{c.member}", budget, seed, run_dir, status, reason, curve, val_bpb,
-                                    trained, total)
-
         if rejection := gate_rejection(source, config):
-            return result(Status.REJECTED, rejection)
+            return simulated_result(f"family-{c.member}", budget, seed, run_dir, Status.REJECTED, rejection)
         values = self._values(source)
         digest = int(hashlib.sha256(source.encode()).hexdigest()[:12], 16)
         rng = np.random.default_rng([c.member, seed, digest])
         final = self._expected(values) + self.noise * float(rng.standard_normal())
-        crash = self.diverges(values)
         # a bigger model takes fewer steps in the budget, so it reports fewer points
         points = int(min(max(round(c.points * self._size0 / self._size(values)), 2), 4 * c.points))
         early = 0.6 * math.exp(float(self._early_direction @ (self._position(values) - self._u0)))
-        stream = CurveStream(monitor)
-        for i in range(1, points + 1):
-            share = i / points
-            t = budget * share
-            loss = final + early * (share ** -0.5 - 1) + 0.3 * self.noise * float(rng.standard_normal())
-            if crash and share > 0.2:
-                return result(Status.CRASH, crash, stream.curve, trained=t, total=t + c.overhead / 2)
-            if reason := stream.add(round(t, 3), loss):
-                return result(Status.PRUNED, reason, stream.curve, trained=t, total=t + c.overhead / 2)
-        return result(Status.OK, "", stream.curve, val_bpb=round(final, 6), trained=budget, total=budget + c.overhead)
+        return power_law_run(f"family-{c.member}", budget, seed, run_dir, monitor, rng, final, points, early,
+                             0.3 * self.noise, self.diverges(values), c.overhead)
 
     def describe(self) -> str:
         """The member in one line, for reports and teaching."""

@@ -119,8 +119,9 @@ class Surrogate:
         """Mean and sd of the expected final val_bpb (the sd is the GP's uncertainty, without the seed noise)."""
         x = self.vector(values)[None]
         gp, sd = self.gp.predict(x, return_std=True)
-        log = {"gp": gp[0], "forest": self.forest.predict(x)[0], "both": (gp[0] + self.forest.predict(x)[0]) / 2}
-        value = float(np.exp(self._prior + self.trust(values) * (log[self.config.model] - self._prior)))
+        forest = self.forest.predict(x)[0] if self.config.model != "gp" else 0.0
+        log = {"gp": gp[0], "forest": forest, "both": (gp[0] + forest) / 2}[self.config.model]
+        value = float(np.exp(self._prior + self.trust(values) * (log - self._prior)))
         return value, value * float(np.sqrt(max(sd[0] ** 2 - self._log_noise_sd ** 2, 0.0)))
 
     def trust(self, values: dict[str, Any]) -> float:
