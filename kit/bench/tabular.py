@@ -27,6 +27,8 @@ from kit.results import HarnessConfig, Monitor, RunResult, Status
 
 OUTCOMES = ("ok", "crash", "timeout", "tampered")
 """Recorded outcomes a cell can serve; tampered is what the harness calls a start-up over the profile's CPU."""
+MIN_CELLS = 20
+"""Fewer cells than this cannot judge a search: the world refuses to be built."""
 MAX_DRIFT = 0.25
 """The most the anchors' step counts may spread (max / min − 1) for the recording to count as one machine."""
 
@@ -49,7 +51,8 @@ class Cell:
 class TabularEnvironment:
     """Recorded cells served again; deterministic for a (train.py, seed) pair."""
 
-    def __init__(self, baseline: str, records: list[dict], min_replicates: int = 2, seed: int = 0):
+    def __init__(self, baseline: str, records: list[dict], min_replicates: int = 2, seed: int = 0,
+                 min_cells: int = MIN_CELLS):
         self.baseline, self.seed = baseline, seed
         self.knobs = [k for k in edits.knobs(baseline) if k.low is not None or k.choices is not None
                       or k.kind == "bool"]
@@ -62,6 +65,10 @@ class TabularEnvironment:
         if base not in grouped or len(grouped[base].ok) < 2:
             raise ValueError("a tabular world needs the baseline recorded ok at least twice: record a design with "
                              "`python -m kit bench record --profile cpu --design --runs 200`")
+        if len(self.cells) < min_cells:
+            raise ValueError(f"a tabular world needs {min_cells} cells recorded alone {min_replicates} times, the "
+                             f"recording has {len(self.cells)}: record more of the design with `python -m kit bench "
+                             "record --profile cpu --design --runs 200` on a quiet machine")
         self.X = np.array([[k.normalized(c.values[k.name]) for k in self.knobs] for c in self.cells])
         spreads = [np.array([r["val_bpb"] for r in c.ok]) for c in self.cells if len(c.ok) >= 2]
         # pooled within-cell variance: each cell's deviations from its own mean, over the degrees of freedom left

@@ -35,7 +35,7 @@ def records(baseline_source):
 
 
 def test_cells_are_configs_recorded_alone_at_least_twice(baseline_source, records):
-    world = TabularEnvironment(baseline_source, records)
+    world = TabularEnvironment(baseline_source, records, min_cells=3)
     assert len(world.cells) == 3  # the baseline, MATRIX_LR 0.04 and 0.2; DEPTH 8 once, DEPTH 2 once alone
     assert world.expected_bpb(baseline_source) == pytest.approx(2.51)
     # pooled within-cell sd: deviations from each cell's own mean over the degrees of freedom left
@@ -45,7 +45,7 @@ def test_cells_are_configs_recorded_alone_at_least_twice(baseline_source, record
 
 
 def test_any_train_py_snaps_to_the_nearest_cell(baseline_source, records):
-    world = TabularEnvironment(baseline_source, records)
+    world = TabularEnvironment(baseline_source, records, min_cells=3)
     near = edits.set_values(baseline_source, {"MATRIX_LR": 0.035, "WEIGHT_DECAY": 0.12})  # never recorded
     assert world.expected_bpb(near) == pytest.approx(2.45)
     far = edits.set_values(baseline_source, {"DEPTH": 16, "MODEL_DIM": 1024})  # no extrapolation: a recorded cell
@@ -53,7 +53,7 @@ def test_any_train_py_snaps_to_the_nearest_cell(baseline_source, records):
 
 
 def test_runs_are_the_cells_worth_plus_fresh_noise_per_seed(baseline_source, records):
-    world = TabularEnvironment(baseline_source, records)
+    world = TabularEnvironment(baseline_source, records, min_cells=3)
     source = edits.set_values(baseline_source, {"MATRIX_LR": 0.04})
     runs = [world(source, Path("unused"), HarnessConfig(seed=s)) for s in range(200)]
     assert runs[3] == world(source, Path("unused"), HarnessConfig(seed=3))  # deterministic per seed
@@ -69,11 +69,13 @@ def test_runs_are_the_cells_worth_plus_fresh_noise_per_seed(baseline_source, rec
 
 def test_a_world_without_a_twice_recorded_baseline_is_refused(baseline_source, records):
     with pytest.raises(ValueError, match="--design"):
-        TabularEnvironment(baseline_source, records[3:])
+        TabularEnvironment(baseline_source, records[3:], min_cells=1)
+    with pytest.raises(ValueError, match="needs 20 cells .* has 3"):  # too few cells to judge a search
+        TabularEnvironment(baseline_source, records)
 
 
 def test_the_loop_runs_on_it(baseline_source, records, tmp_path: Path):
-    world = TabularEnvironment(baseline_source, records)
+    world = TabularEnvironment(baseline_source, records, min_cells=3)
     t = agents.run_one("random", 0, world, 6, world.budget, tmp_path)
     assert len(t.best) == 6 and t.baseline_worth == pytest.approx(2.51)
     assert t.kept in {c.worth for c in world.cells}
