@@ -43,7 +43,7 @@ def test_trajectories_count_experiments_hours_and_losses(trajectories):
         assert len(t.best) == len(t.incumbent) == len(t.hours) == 26 == sum(t.statuses.values())
         assert all(b >= a for a, b in zip(t.best[1:], t.best, strict=False)) and t.best[0] <= t.baseline + 1e-9
         assert all(b >= a for a, b in zip(t.hours, t.hours[1:], strict=False))
-        assert 3 * 66.0 / 3600 < t.hours[0] and t.hours[-1] <= 29 * 66.0 / 3600  # 60 s + 6 s a run at most
+        assert 3 * 66.0 / 3600 <= t.hours[0] and t.hours[-1] <= 29 * 66.0 / 3600  # 60 s + 6 s a run at most
         assert t.incumbent_at(0.0) == t.baseline_worth and t.incumbent_at(t.hours[-1]) == t.kept
         assert t.losses["pruned"] == t.statuses.get("pruned", 0)
         assert t.losses["rejected"] + t.losses["duplicate"] == t.statuses.get("rejected", 0)
