@@ -121,7 +121,7 @@ def _agents(args: argparse.Namespace) -> int:
     if not names or any(w not in WORLDS for w in names):
         raise UsageError(f"--environment takes one or more of {', '.join(WORLDS)}; got {args.environment!r}")
     baseline = (REPO_ROOT / "train.py").read_text()
-    built = [_world(name, baseline, args) for name in names]  # every world first: a bad one fails before hours run
+    built = [build_world(name, baseline, args) for name in names]  # every world first: a bad one fails before hours run
     started = time.perf_counter()
     worlds = [comparison.World(name, description,
                                agents.run_all(policies, args.seeds, factory, args.experiments, budget, jobs=args.jobs))
@@ -142,7 +142,7 @@ def _agents(args: argparse.Namespace) -> int:
     return 0
 
 
-def _world(name: str, baseline: str, args: argparse.Namespace):
+def build_world(name: str, baseline: str, args: argparse.Namespace):
     """(name, description, seed -> environment, training budget) of one world the agents benchmark runs on."""
     if name == "synthetic":
         from kit.bench.environments import SyntheticConfig, SyntheticEnvironment
@@ -160,17 +160,23 @@ def _world(name: str, baseline: str, args: argparse.Namespace):
                 f"({first}–{last}), members no policy or test was tuned on; e.g. {member(0).describe()}", member,
                 FamilyConfig().budget)
     if name == "tabular":
+        from kit.bench.replay import ReplayEnvironment
         from kit.bench.tabular import MAX_DRIFT, TabularEnvironment
 
+        records = _read_curves(args.design, NO_DESIGN)
         try:
-            environment = TabularEnvironment(baseline, _read_curves(args.design, NO_DESIGN))
+            environment = TabularEnvironment(baseline, records)
         except ValueError as error:
             raise UsageError(str(error)) from None
         if environment.drift() > MAX_DRIFT:
             raise UsageError(f"{args.design}: the baseline anchors' steps are {100 * environment.drift():.0f} % apart "
                              "(the machine's speed changed during the recording); record the design again on one "
                              "machine")
-        return name, f"{environment.describe()}, from {args.design.name}", lambda seed: environment, environment.budget
+        # the replay world's models fitted to this design instead: their error on far configs recorded on one machine
+        check = ReplayEnvironment(baseline, records).cross_validate()
+        return (name, f"{environment.describe()}, from {args.design.name}. The replay world's surrogate, fitted to "
+                f"this design, has 5-fold held-out MAE by how far a config moves from the baseline: {_by_kind(check)}",
+                lambda seed: environment, environment.budget)
     from kit.bench.replay import ReplayEnvironment
 
     try:
@@ -178,18 +184,22 @@ def _world(name: str, baseline: str, args: argparse.Namespace):
     except ValueError as error:
         raise UsageError(str(error)) from None
     cv = environment.cross_validate()
-    kinds = "; ".join(f"{kind} ({e['runs']} runs): " + (", ".join(f"{name} {e[name]:.4f}" for name in
-                                                                 ("world", "gp", "forest", "constant"))
-                                                       if e["runs"] else "none recorded")
-                      for kind, e in cv["by_kind"].items())
     description = (f"replayed from {sum(len(v) for v in environment.recorded.values())} recorded runs in "
                    f"{args.curves.name}, judged by the mean of a Gaussian process and a random forest on log val_bpb, "
-                   f"pulled back to the typical recorded run far from every recorded run (reach "
+                   f"pulled back to the baseline's recorded value far from every recorded run (reach "
                    f"{environment.config.reach:g}). The surrogate's 5-fold held-out error on {cv['runs']} ok runs: "
                    f"RMSE {cv['rmse']:.4f}, MAE {cv['mae']:.4f}, Spearman {cv['spearman']:.2f}; a constant "
                    f"predictor: RMSE {cv['constant_rmse']:.4f}, MAE {cv['constant_mae']:.4f}; fitted seed noise "
-                   f"{cv['noise_sd']:.4f}. MAE by how far a config moves from the baseline: {kinds}")
+                   f"{cv['noise_sd']:.4f}. MAE by how far a config moves from the baseline: {_by_kind(cv)}")
     return name, description, lambda seed: environment, environment.budget
+
+
+def _by_kind(cv: dict) -> str:
+    """A surrogate's held-out MAE per kind of config (Surrogate.cross_validate), the world's and each family's."""
+    return "; ".join(f"{kind} ({e['runs']} runs): " + (", ".join(f"{name} {e[name]:.4f}" for name in
+                                                                ("world", "gp", "forest", "constant"))
+                                                      if e["runs"] else "none recorded")
+                     for kind, e in cv["by_kind"].items())
 
 
 def main(argv: list[str]) -> int:

@@ -66,6 +66,7 @@ class Outcome:
     accepted: bool  # kept as the new incumbent
     reward: float  # what the reward function paid for it (kit/reward.py)
     next_observation: Callable[[], np.ndarray]  # the observation after it, for a critic to bootstrap from
+    pruned: bool = False  # stopped early: val_bpb is then the stop rule's forecast of the end it never reached
 
 
 @dataclass(frozen=True)

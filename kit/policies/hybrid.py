@@ -86,9 +86,9 @@ class HybridPolicy(CMAESPolicy):
         self.pending[-1] = (proposal, self.pending[-1][1])
         return proposal
 
-    def _tell(self, trial: optuna.Trial, values: dict[str, Any], value: float | None) -> None:
+    def _tell(self, trial: optuna.Trial, values: dict[str, Any], value: float | None, pruned: bool) -> None:
         if trial.number not in self.replaced:
-            return super()._tell(trial, values, value)
+            return super()._tell(trial, values, value, pruned)
         self.replaced.discard(trial.number)
         # CMA-ES keeps its generation (and, on some trials, its pickled state) in the system attributes of the
         # trial it asked: the values that ran go into a copy of that trial, and the asked one, which never ran, fails
@@ -96,8 +96,10 @@ class HybridPolicy(CMAESPolicy):
         self.study.tell(trial, None, state=TrialState.FAIL)
         if value is not None:
             params = {name: values[name] for name in self.distributions}
-            self.study.add_trial(optuna.trial.create_trial(value=value, params=params, system_attrs=attrs,
-                                                           distributions=self.distributions))
+            state = TrialState.PRUNED if pruned else TrialState.COMPLETE
+            self.study.add_trial(optuna.trial.create_trial(state=state, value=value, params=params,
+                                                           intermediate_values={0: value} if pruned else None,
+                                                           system_attrs=attrs, distributions=self.distributions))
 
     def prompt(self, state: State, proposed: dict[str, Any], trial: optuna.Trial) -> str:
         """What the LLM is shown: every knob (range, the kept value, CMA-ES's mean and proposal), the step size,

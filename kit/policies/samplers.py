@@ -4,7 +4,8 @@ Set up as an Optuna user with a working baseline sets them up: the runs of train
 floor, a near miss's re-runs) are added to the study as finished trials before and while the sampler proposes; CMA-ES
 starts at train.py's values with a step of a tenth of each (scaled) range; ranges that span an order of magnitude are
 searched on a log scale; a failed run is a FAIL trial; a pruned run is told as the val_bpb its stop rule forecast
-(as a PRUNED trial CMA-ES would drop it, and TPE would only rank it below every finished one).
+(SamplerConfig.pruned_as; as a PRUNED trial CMA-ES and the GP would drop it, and TPE would only rank it below every
+finished one).
 
 Owns: `SamplerPolicy` (the ask/tell wiring, the study's finished trials as its resumable state), `TPEPolicy`,
 `CMAESPolicy` and `GPPolicy`, and mapping a knob's declared range to an Optuna distribution.
@@ -34,6 +35,9 @@ from kit.policies.base import Outcome, Policy, Proposal, Setup, State
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the ledger records every trial already
 
 
+PRUNED_AS = ("forecast", "pruned")
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     startup_trials: int = 10
@@ -42,12 +46,18 @@ class SamplerConfig:
     """CMA-ES's initial step size as a share of every knob's scaled range (it starts at train.py's values)."""
     significant_digits: int = 4
     """Floats the samplers propose are rounded to this many digits."""
+    pruned_as: str = "forecast"
+    """How a run the stop rule ended early is told: "forecast", a finished trial at the val_bpb forecast for its
+    end, or "pruned", Optuna's PRUNED state with the forecast as its last intermediate value (what an Optuna user's
+    pruner leaves). Chosen by bench/pruned_trials.py."""
 
     def __post_init__(self):
         for name in ("startup_trials", "significant_digits"):
             x = getattr(self, name)
             if not (isinstance(x, int) and x >= 1):
                 raise ValueError(f"SamplerConfig.{name} must be an int >= 1, got {x=}")
+        if self.pruned_as not in PRUNED_AS:
+            raise ValueError(f"SamplerConfig.pruned_as is one of {PRUNED_AS}, got {self.pruned_as=}")
         if not 0 < self.cmaes_sigma0 <= 1:
             raise ValueError(f"SamplerConfig.cmaes_sigma0 is a share of a range, in (0, 1], got {self.cmaes_sigma0=}")
 
@@ -89,14 +99,20 @@ class SamplerPolicy(Policy):
             if p is outcome.proposal:
                 del self.pending[i]
                 value = outcome.val_bpb
-                self._tell(trial, p.values, value if value is not None and math.isfinite(value) else None)
+                self._tell(trial, p.values, value if value is not None and math.isfinite(value) else None,
+                           outcome.pruned and self.config.pruned_as == "pruned")
                 return {}
         raise ValueError(f"{self.name} did not propose this (or was already told about it): "
                          f"{outcome.proposal.description}")
 
-    def _tell(self, trial: optuna.Trial, values: dict[str, Any], value: float | None) -> None:
-        """The asked trial's end: its value, or FAIL (None) for a run that gave none."""
-        self.study.tell(trial, value, state=None if value is not None else TrialState.FAIL)
+    def _tell(self, trial: optuna.Trial, values: dict[str, Any], value: float | None, pruned: bool) -> None:
+        """The asked trial's end: its value, FAIL (None) for a run that gave none, or PRUNED at its forecast."""
+        if pruned:
+            if value is not None:
+                trial.report(value, step=0)
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, value, state=None if value is not None else TrialState.FAIL)
 
     def witness(self, knobs: list[Hyperparameter], val_bpb: float | None) -> None:
         """A finished run it did not propose becomes a finished trial of the study (train.py's values outside their
@@ -114,6 +130,7 @@ class SamplerPolicy(Policy):
     def state_dict(self) -> dict:
         """Finished trials as JSON (pending ones are dropped: the loop proposes again after a resume)."""
         trials = [{"state": t.state.name, "value": t.value, "params": t.params, "system_attrs": t.system_attrs,
+                   "intermediate": {str(step): v for step, v in t.intermediate_values.items()},
                    "distributions": {n: distribution_to_json(d) for n, d in t.distributions.items()}}
                   for t in self.study.trials if t.state.is_finished()]
         return {"seed": self.seed, "trials": trials}
@@ -124,6 +141,7 @@ class SamplerPolicy(Policy):
         for t in d["trials"]:
             self.study.add_trial(optuna.trial.create_trial(
                 state=TrialState[t["state"]], value=t["value"], params=t["params"], system_attrs=t["system_attrs"],
+                intermediate_values={int(step): v for step, v in t.get("intermediate", {}).items()},
                 distributions={n: json_to_distribution(s) for n, s in t["distributions"].items()}))
         self.pending = []
 

@@ -79,3 +79,23 @@ def test_the_loop_runs_on_it(baseline_source, records, tmp_path: Path):
     t = agents.run_one("random", 0, world, 6, world.budget, tmp_path)
     assert len(t.best) == 6 and t.baseline_worth == pytest.approx(2.51)
     assert t.kept in {c.worth for c in world.cells}
+
+
+def test_the_agents_benchmark_runs_on_a_recorded_design(baseline_source, records, tmp_path: Path):
+    import gzip
+    import json
+
+    from kit.cli import main
+
+    rates = np.geomspace(0.005, 0.08, 20)
+    design = records[:3] + [_record(baseline_source, {"MATRIX_LR": float(lr)}, 2.40 + 2 * abs(np.log(lr / 0.03)) / 10
+                                    + 0.01 * seed, seed) for lr in rates for seed in (1, 2)]
+    path = tmp_path / "design.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in design)
+    out = tmp_path / "agents.md"
+    assert main(["bench", "agents", "--environment", "tabular", "--design", str(path), "--policies", "random,greedy",
+                 "--seeds", "2", "--experiments", "3", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "tabular: 21 recorded cells" in text and "surrogate, fitted to this design" in text
+    assert sum(line.startswith("| random |") for line in text.splitlines()) == 2

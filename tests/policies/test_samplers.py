@@ -9,6 +9,7 @@ import pytest
 
 from kit.hyperparams import parse_hyperparameters
 from kit.policies import Setup, State, make_policy
+from kit.policies.samplers import SamplerConfig, TPEPolicy
 
 from ..helpers import QUADRATIC, tell
 
@@ -112,3 +113,21 @@ def test_a_run_outside_the_declared_ranges_or_without_a_value_is_not_told():
     proposal = policy.propose(state)
     tell(policy, state, proposal, 0.2, accepted=True)
     assert policy.study.best_value == 0.2
+
+
+def test_a_pruned_run_is_told_as_its_forecast_or_as_optunas_pruned_state():
+    knobs = parse_hyperparameters(QUADRATIC)
+    state = State(QUADRATIC, [], np.zeros(0, bool), np.zeros(0, np.float32), knobs)
+    told = {}
+    for pruned_as in ("forecast", "pruned"):
+        policy = TPEPolicy(knobs, config=SamplerConfig(pruned_as=pruned_as))
+        tell(policy, state, policy.propose(state), 1.3, pruned=True)
+        tell(policy, state, policy.propose(state), 1.1)  # a finished run is finished either way
+        told[pruned_as] = [(t.state.name, t.value, t.intermediate_values) for t in policy.study.trials]
+        resumed = TPEPolicy(knobs, config=SamplerConfig(pruned_as=pruned_as))
+        resumed.load_state_dict(json.loads(json.dumps(policy.state_dict())))
+        assert [(t.state.name, t.value, t.intermediate_values) for t in resumed.study.trials] == told[pruned_as]
+    assert told["forecast"] == [("COMPLETE", 1.3, {}), ("COMPLETE", 1.1, {})]
+    assert told["pruned"] == [("PRUNED", 1.3, {0: 1.3}), ("COMPLETE", 1.1, {})]
+    with pytest.raises(ValueError, match="pruned_as"):
+        SamplerConfig(pruned_as="ignored")
