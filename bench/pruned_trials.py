@@ -23,7 +23,7 @@ import numpy as np
 
 from kit import REPO_ROOT
 from kit.bench import agents
-from kit.bench.cli import CURVES, DESIGN, build_world
+from kit.bench.cli import CURVES, DESIGN, WORLDS, build_world
 from kit.bench.comparison import REEVALUATION_SEEDS, World, holm, measures
 from kit.policies import REGISTRY, Entry
 from kit.policies.samplers import CMAESPolicy, GPPolicy, SamplerConfig, TPEPolicy
@@ -85,9 +85,12 @@ def main() -> int:
     samplers = [s for s in args.samplers.split(",") if s]
     if not samplers or any(s not in SAMPLERS for s in samplers):
         raise SystemExit(f"error: --samplers takes some of {', '.join(SAMPLERS)}; got {args.samplers!r}")
+    names = [name for name in args.environment.split(",") if name]
+    if not names or any(name not in WORLDS for name in names):
+        raise SystemExit(f"error: --environment takes some of {', '.join(WORLDS)}; got {args.environment!r}")
     baseline = (REPO_ROOT / "train.py").read_text()
     world_args = argparse.Namespace(seeds=args.seeds, design=DESIGN, curves=CURVES, synthetic_seed=1)
-    built = [build_world(name, baseline, world_args) for name in args.environment.split(",") if name]
+    built = [build_world(name, baseline, world_args) for name in names]
     policies = [name for s in samplers for name in (s, f"{s}-pruned")]
     started = time.perf_counter()
     worlds = [World(name, description, agents.run_all(policies, args.seeds, factory, args.experiments, budget,
