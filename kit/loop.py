@@ -261,7 +261,7 @@ class ResearchLoop:
         observed = predicted if result.status is Status.PRUNED else result.val_bpb
         outcome = Outcome(state, proposal, observed, decision.verdict is Verdict.KEEP, reward.total,
                           next_observation=lambda: self._observation(self.source),
-                          pruned=result.status is Status.PRUNED)
+                          pruned=result.status is Status.PRUNED, duplicate=duplicate)
         stats = {"logprob": proposal.logprob, "value": proposal.value, **self.policy.observe(outcome)}
         self._save_policy()  # before the record: a kill in between costs the policy one outcome, not the ledger
         stats["agent_seconds"] = agent_seconds + time.perf_counter() - timer

@@ -63,11 +63,12 @@ def ledger_records(run_dir) -> list:
         return ledger.records()
 
 
-def tell(policy, state, proposal, val_bpb, accepted: bool = False, reward: float = 0.0, pruned: bool = False) -> dict:
+def tell(policy, state, proposal, val_bpb, accepted: bool = False, reward: float = 0.0, pruned: bool = False,
+         duplicate: bool = False) -> dict:
     """Tell a policy what became of its proposal, as the loop does (val_bpb is a pruned run's forecast)."""
     return policy.observe(Outcome(state, proposal, val_bpb, accepted, reward,
                                   next_observation=lambda: np.asarray(state.observation, dtype=np.float32),
-                                  pruned=pruned))
+                                  pruned=pruned, duplicate=duplicate))
 
 
 def make_record(**changes) -> Record:

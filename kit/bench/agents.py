@@ -11,18 +11,22 @@ Does not own: the worlds (kit/bench/environments.py, family.py, replay.py, tabul
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import io
+import json
 import math
 import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kit import REPO_ROOT
 from kit.bench.environments import DEFAULT_HARNESS
 from kit.ledger import Ledger
 from kit.loop import LoopConfig, run_loop
@@ -143,31 +147,65 @@ class _Expecting:
 
 
 def run_all(policies: list[str], seeds: int, worlds: Callable[[int], Environment], experiments: int, budget: float,
-            log=print, jobs: int = 1) -> list[Trajectory]:
+            log=print, jobs: int = 1, cache: Path | None = None) -> list[Trajectory]:
     """Every (policy, seed) run against worlds(seed), in `jobs` worker processes (forked, so a world built before is
-    not copied by pickling); returned in policy, then seed order whatever order they finish in."""
+    not copied by pickling); returned in policy, then seed order whatever order they finish in. With a cache (a
+    folder only this world, these experiments and this code write to: see fingerprint) each finished run is saved
+    there as it ends and read back instead of run again, so an interrupted benchmark resumes where it stopped."""
     tasks = [(policy, seed) for policy in policies for seed in range(seeds)]
+    done = {task: t for task in tasks if (t := _cached(cache, task)) is not None}
+    if done:
+        log(f"{len(done)} of {len(tasks)} runs read from {cache}")
+    todo = [task for task in tasks if task not in done]
     scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None  # git and the ledger write a lot of small files
     with tempfile.TemporaryDirectory(prefix="agents-bench-", dir=scratch) as tmp:
         def run(task: tuple[str, int]) -> Trajectory:
             return run_one(task[0], task[1], worlds(task[1]), experiments, budget, Path(tmp))
 
-        if jobs <= 1:
-            done = map(run, tasks)
+        if jobs <= 1 or len(todo) <= 1:
+            finished = map(run, todo)
         else:
             global _WORKER
             _WORKER = run
-            context = multiprocessing.get_context("fork")
-            pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_single_thread)
-            done = pool.map(_run_in_worker, tasks)
-        out = []
-        for t in done:
+            pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_single_thread)
+            finished = (f.result() for f in as_completed([pool.submit(_run_in_worker, task) for task in todo]))
+        for t in finished:
             log(f"{t.policy:7s} seed {t.seed:2d}: final train.py {t.reevaluated:.4f} re-evaluated, best run "
                 f"{t.best[-1]:.4f}, after {len(t.best)} experiments ({t.agent_seconds:.1f} s)")
-            out.append(t)
-        if jobs > 1:
+            _save(cache, t)
+            done[t.policy, t.seed] = t
+        if jobs > 1 and len(todo) > 1:
             pool.shutdown()
-    return out
+    return [done[task] for task in tasks]
+
+
+def fingerprint(*parts: str) -> str:
+    """A short digest of everything a benchmark's results follow from: the given parts (the world, its data, the
+    experiments) and every source file of the kit and of train.py, so that a cache never serves results of other
+    code."""
+    digest = hashlib.sha256()
+    for path in [REPO_ROOT / "train.py", REPO_ROOT / "prepare.py", *sorted((REPO_ROOT / "kit").rglob("*.py"))]:
+        digest.update(path.read_bytes())
+    for part in parts:
+        digest.update(part.encode())
+    return digest.hexdigest()[:16]
+
+
+def _cached(cache: Path | None, task: tuple[str, int]) -> Trajectory | None:
+    path = cache / f"{task[0]}-{task[1]}.json" if cache else None
+    if path is None or not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    return Trajectory(**{**d, **{name: tuple(d[name]) for name in ("best", "incumbent", "hours")}})
+
+
+def _save(cache: Path | None, t: Trajectory) -> None:
+    if cache is None:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{t.policy}-{t.seed}.json"
+    path.with_suffix(".tmp").write_text(json.dumps(dataclasses.asdict(t)))
+    path.with_suffix(".tmp").replace(path)  # whole or absent: a kill mid-write leaves no half a run
 
 
 _WORKER: Callable[[tuple[str, int]], Trajectory] | None = None

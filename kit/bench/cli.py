@@ -11,6 +11,7 @@ Does not own: the benchmarks (the modules beside this one).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import time
@@ -22,6 +23,7 @@ from kit.policies import REGISTRY
 
 CURVES = REPO_ROOT / "data" / "curves-cpu.jsonl.gz"
 DESIGN = REPO_ROOT / "data" / "design-cpu.jsonl.gz"
+CACHE = REPO_ROOT / "bench" / ".cache"
 WORLDS = ("family", "replay", "tabular", "synthetic")
 NO_CURVES = "record some with `python -m kit bench record --profile cpu --runs 150`"
 NO_DESIGN = "record a design with `python -m kit bench record --profile cpu --design --runs 200`"
@@ -70,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     agents.add_argument("--synthetic-seed", type=int, default=1, help="which synthetic objective")
     agents.add_argument("--jobs", type=positive_int, default=1, help="worker processes (one core each)")
     agents.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "agents.md")
+    agents.add_argument("--cache", type=Path, default=CACHE, help="where each finished run is kept, by world and "
+                        "code, so that an interrupted benchmark resumes (default: bench/.cache)")
     agents.set_defaults(run=_agents)
     return parser
 
@@ -124,22 +128,36 @@ def _agents(args: argparse.Namespace) -> int:
     built = [build_world(name, baseline, args) for name in names]  # every world first: a bad one fails before hours run
     started = time.perf_counter()
     worlds = [comparison.World(name, description,
-                               agents.run_all(policies, args.seeds, factory, args.experiments, budget, jobs=args.jobs))
+                               agents.run_all(policies, args.seeds, factory, args.experiments, budget, jobs=args.jobs,
+                                              cache=_cache(args, name)))
               for name, description, factory, budget in built]
     minutes = (time.perf_counter() - started) / 60
+    core_minutes = sum(t.agent_seconds for w in worlds for t in w.trajectories) / 60
     command = (f"python -m kit bench agents --environment {','.join(names)} --seeds {args.seeds} "
                f"--experiments {args.experiments} --policies {','.join(policies)} --jobs {args.jobs}")
     header = ["# Agents head to head",
-              f"Measured by `{command}` in one run on {platform.machine()} with {os.cpu_count()} cores, "
-              f"{time.strftime('%Y-%m-%d')}, in {minutes:.0f} minutes. Every policy runs the unchanged loop (a noise "
-              "floor of 3 baseline runs, the gate, same-progress early stopping, keeping an edit when the mean of its "
-              "runs beats the incumbent's by 2σ scaled to the runs on each side, near misses re-run under up to 2 "
-              f"new seeds, git, ledger) for {args.experiments} experiments per seed; an experiment is a proposal or "
-              "a re-run of a near miss, so a duplicate or rejected proposal counts as one, and so does each re-run. "
-              "Seed i of every policy meets the same world, so results pair by seed."]
+              f"Measured by `{command}` on {platform.machine()} with {os.cpu_count()} cores, "
+              f"{time.strftime('%Y-%m-%d')}, in {minutes:.0f} minutes; the runs' own times sum to {core_minutes:.0f} "
+              "core-minutes (runs an earlier, interrupted sitting of the same code finished are read from its cache "
+              "in bench/.cache, so the first figure can be the smaller). Every policy runs the unchanged loop (a "
+              "noise floor of 3 baseline runs, the gate, same-progress early stopping, keeping an edit when the mean "
+              "of its runs beats the incumbent's by 2σ scaled to the runs on each side, near misses re-run under up "
+              f"to 2 new seeds, git, ledger) for {args.experiments} experiments per seed; an experiment is a "
+              "proposal or a re-run of a near miss, so a duplicate or rejected proposal counts as one, and so does "
+              "each re-run. Seed i of every policy meets the same world, so results pair by seed."]
     out = comparison.write_report(worlds, args.out, header)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
+
+
+def _cache(args: argparse.Namespace, name: str) -> Path:
+    """The world's own folder of finished runs: named by everything its results follow from (see fingerprint)."""
+    from kit.bench.agents import fingerprint
+
+    data = {"replay": args.curves, "tabular": args.design}.get(name)
+    parts = [name, str(args.experiments), str(args.synthetic_seed) if name == "synthetic" else "",
+             hashlib.sha256(data.read_bytes()).hexdigest() if data else ""]
+    return args.cache / f"agents-{name}-{fingerprint(*parts)}"
 
 
 def build_world(name: str, baseline: str, args: argparse.Namespace):

@@ -41,15 +41,16 @@ class ReplayConfig:
     model: str = "both"
     """Which family judges: "gp", "forest", or "both" (their mean on log val_bpb), so that no agent's own kind of
     model (Optuna's GP sampler, TPE's density trees) is the world's only judge."""
-    reach: float = 1.0
+    reach: float = 2.0
     """How far a model's word carries, as a distance in the normalized space: at distance d from the nearest recorded
-    run a prediction keeps exp(-d² / 2 reach²) of its difference from the baseline's value (88 % at 0.5, 61 % at
-    1.0, 32 % at 1.5). Fitted models extrapolate far from data (the GP predicts 2.44-3.30 for the design's Sobol
-    points, 0.54-1.42 from every recorded run); this falls back instead. It costs accuracy where runs were recorded:
-    on data/curves-cpu.jsonl.gz the held-out MAE of multi-edit configs is 0.069 at 1.0, 0.061 at 2.0 and 0.058 with
-    no fallback (4 folds). Fitted instead to data/design-cpu.jsonl.gz (41 cells recorded on one machine, 36 ok runs
-    that move 7 or more knobs), the far runs' held-out MAE is 0.095 at 0.5, 0.072 at 1.0, 0.063 at 2.0 and 0.062
-    with no fallback (5 folds; a constant: 0.379): where far runs exist the models carry further than 1.0."""
+    run a prediction keeps exp(-d² / 2 reach²) of its difference from the baseline's value (at reach 2: 97 % at 0.5,
+    88 % at 1.0, 61 % at 2.0, 32 % at 3.0). Fitted models extrapolate far from data (the GP predicts 2.44-3.30 for
+    the design's Sobol points, 0.54-1.42 from every recorded run); this falls back instead. It costs accuracy where
+    runs were recorded: on data/curves-cpu.jsonl.gz the held-out MAE of multi-edit configs is 0.069 at 1.0, 0.061 at
+    2.0 and 0.058 with no fallback (4 folds). Fitted instead to data/design-cpu.jsonl.gz (41 cells recorded on one
+    machine, 36 ok runs that move 7 or more knobs), the far runs' held-out MAE is 0.095 at 0.5, 0.072 at 1.0, 0.063
+    at 2.0 and 0.062 with no fallback (5 folds; a constant: 0.379): where far runs exist the models carry further
+    than 1.0, hence 2.0."""
 
     def __post_init__(self) -> None:
         if self.neighbours < 1 or self.restarts < 0 or self.model not in MODELS or self.reach <= 0:

@@ -67,6 +67,7 @@ class Outcome:
     reward: float  # what the reward function paid for it (kit/reward.py)
     next_observation: Callable[[], np.ndarray]  # the observation after it, for a critic to bootstrap from
     pruned: bool = False  # stopped early: val_bpb is then the stop rule's forecast of the end it never reached
+    duplicate: bool = False  # never run: the same code ran before (val_bpb is then None)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 Set up as an Optuna user with a working baseline sets them up: the runs of train.py the loop made itself (the noise
 floor, a near miss's re-runs) are added to the study as finished trials before and while the sampler proposes; CMA-ES
 starts at train.py's values with a step of a tenth of each (scaled) range; ranges that span an order of magnitude are
-searched on a log scale; a failed run is a FAIL trial; a pruned run is told as the val_bpb its stop rule forecast
-(SamplerConfig.pruned_as; as a PRUNED trial CMA-ES and the GP would drop it, and TPE would only rank it below every
-finished one).
+searched on a log scale; a failed run is a FAIL trial; a duplicate proposal is told the value of the runs it
+repeats; a pruned run is told as the val_bpb its stop rule forecast (SamplerConfig.pruned_as; as a PRUNED trial
+CMA-ES and the GP would drop it, and TPE would only rank it below every finished one).
 
 Owns: `SamplerPolicy` (the ask/tell wiring, the study's finished trials as its resumable state), `TPEPolicy`,
 `CMAESPolicy` and `GPPolicy`, and mapping a knob's declared range to an Optuna distribution.
@@ -98,7 +98,7 @@ class SamplerPolicy(Policy):
         for i, (p, trial) in enumerate(self.pending):
             if p is outcome.proposal:
                 del self.pending[i]
-                value = outcome.val_bpb
+                value = self._repeated(p.values) if outcome.duplicate else outcome.val_bpb
                 self._tell(trial, p.values, value if value is not None and math.isfinite(value) else None,
                            outcome.pruned and self.config.pruned_as == "pruned")
                 return {}
@@ -113,6 +113,16 @@ class SamplerPolicy(Policy):
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, value, state=None if value is not None else TrialState.FAIL)
+
+    def _repeated(self, values: dict[str, Any]) -> float | None:
+        """The mean value of the finished trials at these values: what a duplicate proposal is told, as an Optuna user
+        returns the earlier result for repeated parameters (told as a failure, it would be ignored by the GP and
+        CMA-ES, which could then propose the same point again and again)."""
+        digits = self.config.significant_digits
+        told = [t.value for t in self.study.trials if t.state is TrialState.COMPLETE
+                and all(k.name in t.params and _tidy(k, t.params[k.name], digits) == values.get(k.name)
+                        for k in self.knobs)]
+        return sum(told) / len(told) if told else None
 
     def witness(self, knobs: list[Hyperparameter], val_bpb: float | None) -> None:
         """A finished run it did not propose becomes a finished trial of the study (train.py's values outside their

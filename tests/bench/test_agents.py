@@ -91,6 +91,28 @@ def test_a_new_report_keeps_the_real_check_section(trajectories, tmp_path: Path)
     assert text.endswith(f"{agents.REAL_CHECK}\n\n| ppo | 1 |\n")
 
 
+def test_an_interrupted_benchmark_resumes_from_its_cache_without_running_a_finished_run_again(tmp_path: Path):
+    cache = tmp_path / "cache"
+    first = agents.run_all(["random"], 2, lambda seed: ENV, 4, ENV.config.budget, log=lambda *_: None, cache=cache)
+    (cache / "random-1.json").unlink()  # as if the benchmark was killed before seed 1 ended
+    ran = []
+
+    def world(seed: int):
+        ran.append(seed)
+        return ENV
+
+    again = agents.run_all(["random"], 2, world, 4, ENV.config.budget, log=lambda *_: None, cache=cache)
+    assert ran == [1]
+    same = [(t.policy, t.seed, t.best, t.incumbent, t.hours, t.reevaluated, t.statuses, t.losses, t.keeps)
+            for t in first]
+    assert [(t.policy, t.seed, t.best, t.incumbent, t.hours, t.reevaluated, t.statuses, t.losses, t.keeps)
+            for t in again] == same  # read back whole, the tuples as tuples
+    assert math.isnan(again[0].unsure)  # a nan survives the file
+    assert not list(cache.glob("*.tmp"))
+    # the folder is named by the code and the world's data: other code or other recordings never share it
+    assert agents.fingerprint("replay", "300") != agents.fingerprint("replay", "150")
+
+
 def test_each_seed_of_the_family_meets_its_own_member(tmp_path: Path):
     def member(seed: int) -> SyntheticFamily:
         return SyntheticFamily(BASELINE, FamilyConfig(member=seed))  # development members: 0 and 1

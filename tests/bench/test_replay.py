@@ -40,7 +40,8 @@ def recorded(env: SyntheticEnvironment, runs: int) -> list[dict]:
 def world():
     truth = SyntheticEnvironment(BASELINE, SyntheticConfig(seed=3))
     records = recorded(truth, 120)
-    return truth, records, ReplayEnvironment(BASELINE, records)
+    # a reach shorter than the default, so that a config with every knob at its top lies beyond it
+    return truth, records, ReplayEnvironment(BASELINE, records, ReplayConfig(reach=1.0))
 
 
 def test_recorded_configs_come_back_exactly(world, tmp_path: Path):

@@ -95,7 +95,7 @@ def test_the_agents_benchmark_runs_on_a_recorded_design(baseline_source, records
         f.writelines(json.dumps(r) + "\n" for r in design)
     out = tmp_path / "agents.md"
     assert main(["bench", "agents", "--environment", "tabular", "--design", str(path), "--policies", "random,greedy",
-                 "--seeds", "2", "--experiments", "3", "--out", str(out)]) == 0
+                 "--seeds", "2", "--experiments", "3", "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
     text = out.read_text()
     assert "tabular: 21 recorded cells" in text and "surrogate, fitted to this design" in text
     assert sum(line.startswith("| random |") for line in text.splitlines()) == 2

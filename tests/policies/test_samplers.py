@@ -9,7 +9,7 @@ import pytest
 
 from kit.hyperparams import parse_hyperparameters
 from kit.policies import Setup, State, make_policy
-from kit.policies.samplers import SamplerConfig, TPEPolicy
+from kit.policies.samplers import CMAESPolicy, GPPolicy, SamplerConfig, TPEPolicy
 
 from ..helpers import QUADRATIC, tell
 
@@ -113,6 +113,24 @@ def test_a_run_outside_the_declared_ranges_or_without_a_value_is_not_told():
     proposal = policy.propose(state)
     tell(policy, state, proposal, 0.2, accepted=True)
     assert policy.study.best_value == 0.2
+
+
+def test_a_duplicate_proposal_is_told_the_value_of_the_runs_it_repeats_not_a_failure():
+    knobs = parse_hyperparameters(QUADRATIC)
+    state = State(QUADRATIC, [], np.zeros(0, bool), np.zeros(0, np.float32), knobs)
+    for policy in (GPPolicy(knobs), CMAESPolicy(knobs), TPEPolicy(knobs)):
+        first = policy.propose(state)
+        tell(policy, state, first, 1.25)
+        policy.witness([dataclasses.replace(k, value=first.values[k.name]) for k in knobs], 1.35)  # a re-run of it
+        again = policy.propose(state)
+        again.values.update(first.values)  # as if it had proposed the same point: the loop runs nothing
+        tell(policy, state, again, None, duplicate=True)
+        last = policy.study.trials[-1]
+        assert (last.state.name, last.value) == ("COMPLETE", pytest.approx(1.3)), type(policy).__name__
+        tell(policy, state, policy.propose(state), None)  # a run that failed is still a failure
+        assert policy.study.trials[-1].state.name == "FAIL"
+        tell(policy, state, policy.propose(state), None, duplicate=True)  # repeats nothing finished: nothing to tell
+        assert policy.study.trials[-1].state.name == "FAIL"
 
 
 def test_a_pruned_run_is_told_as_its_forecast_or_as_optunas_pruned_state():
