@@ -126,11 +126,12 @@ def _agents(args: argparse.Namespace) -> int:
         raise UsageError(f"--environment takes one or more of {', '.join(WORLDS)}; got {args.environment!r}")
     baseline = (REPO_ROOT / "train.py").read_text()
     built = [build_world(name, baseline, args) for name in names]  # every world first: a bad one fails before hours run
+    caches = [_cache(args, name) for name in names]  # named by the code as it is now, before anything runs
     started = time.perf_counter()
     worlds = [comparison.World(name, description,
                                agents.run_all(policies, args.seeds, factory, args.experiments, budget, jobs=args.jobs,
-                                              cache=_cache(args, name)))
-              for name, description, factory, budget in built]
+                                              cache=cache))
+              for (name, description, factory, budget), cache in zip(built, caches, strict=True)]
     minutes = (time.perf_counter() - started) / 60
     core_minutes = sum(t.agent_seconds for w in worlds for t in w.trajectories) / 60
     command = (f"python -m kit bench agents --environment {','.join(names)} --seeds {args.seeds} "
