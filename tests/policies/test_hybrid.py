@@ -17,6 +17,7 @@ from kit.memory import Memory
 from kit.policies import State
 from kit.policies.hybrid import HybridPolicy, parse_values
 from kit.policies.llm import LLMConfig
+from kit.policies.samplers import SamplerConfig
 from kit.stopping import StopConditions
 
 from ..helpers import QUADRATIC, ledger_records, tell
@@ -50,6 +51,22 @@ def test_the_llm_sees_the_search_and_its_values_run_and_are_told_to_cmaes(server
     assert asked.state is TrialState.FAIL and ran.state is TrialState.COMPLETE and ran.value == 1.5
     assert ran.params["A"] == 0.9 and ran.params["N"] == 2
     assert any(key.endswith("generation") for key in ran.system_attrs)  # a member of CMA-ES's generation
+
+
+def test_a_pruned_run_the_llm_chose_is_told_as_cmaes_own_would_be(server):
+    script, url = server
+    told = {}
+    for pruned_as in ("forecast", "pruned"):
+        script.replies.append((200, chat("A = 0.9"), {}, 0))
+        llm = LLMConfig(url=url, model="local-model", timeout=5.0, retries=0)
+        policy = HybridPolicy(KNOBS, llm, share=1.0, sleep=lambda s: None, config=SamplerConfig(pruned_as=pruned_as))
+        state = _state()
+        policy.witness(KNOBS, 1.0)
+        tell(policy, state, policy.propose(state), 1.7, pruned=True)
+        _, asked, ran = policy.study.trials
+        assert asked.state is TrialState.FAIL and ran.params["A"] == 0.9
+        told[pruned_as] = (ran.state, ran.value, ran.intermediate_values)
+    assert told == {"forecast": (TrialState.COMPLETE, 1.7, {}), "pruned": (TrialState.PRUNED, 1.7, {0: 1.7})}
 
 
 def test_cmaes_moves_towards_what_the_llm_ran(server):
