@@ -20,6 +20,7 @@ Does not own: any of those; widgets (the optional on_event callback feeds them).
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -160,6 +161,7 @@ class ResearchLoop:
         self.repo = TrainRepo(self.run_dir / "repo")
         self.interrupted = False
         self.contended: str | None = None  # why the loop pauses: its runs could not get the machine to themselves
+        self.unsettled: Outcome | None = None  # a near miss's proposal, told to the policy once its re-runs settle it
         try:
             self._resume()
         except BaseException:
@@ -250,20 +252,24 @@ class ResearchLoop:
                 return
             result, watch = measured
             predictions, predicted = [d.to_json() for d in watch.decisions], watch.last_prediction
-            reward = compute_reward(result.status.value, result.val_bpb, self.state.incumbent_mean,
-                                    result.total_seconds, self.budget, list(result.curve), predicted=predicted,
-                                    config=self.config.reward)
         timer = time.perf_counter()
-        # 4. keep it (a commit), run it again (a near miss) or drop it
+        # 4. keep it (a commit), run it again (a near miss) or drop it, and score it
         decision = self._decide(self.config.policy, result, candidate, description)
-        # 5. the policy learns what became of it; a pruned run's forecast stands in for the end it never reached
-        # (without it TPE and CMA-ES would see only failures wherever early stopping works)
+        if error is None and not duplicate:
+            reward = self._reward(result, decision, [result.val_bpb], predicted=predicted)
+        # 5. the policy learns what became of it, once it is settled (a near miss after its re-runs: _confirm); a
+        # pruned run's forecast stands in for the end it never reached (without it TPE and CMA-ES would see only
+        # failures wherever early stopping works)
         observed = predicted if result.status is Status.PRUNED else result.val_bpb
         outcome = Outcome(state, proposal, observed, decision.verdict is Verdict.KEEP, reward.total,
                           next_observation=lambda: self._observation(self.source),
                           pruned=result.status is Status.PRUNED, duplicate=duplicate)
-        stats = {"logprob": proposal.logprob, "value": proposal.value, **self.policy.observe(outcome)}
-        self._save_policy()  # before the record: a kill in between costs the policy one outcome, not the ledger
+        stats = {"logprob": proposal.logprob, "value": proposal.value}
+        if decision.verdict is Verdict.AGAIN:
+            self.unsettled = outcome
+        else:
+            stats.update(self.policy.observe(outcome))
+            self._save_policy()  # before the record: a kill in between costs the policy one outcome, not the ledger
         stats["agent_seconds"] = agent_seconds + time.perf_counter() - timer
         # 6. record it
         self._record(result, decision, policy=self.config.policy, source=candidate, description=description, diff=diff,
@@ -298,10 +304,37 @@ class ResearchLoop:
         self._witness(near.source, result)
         values = near.values + ([result.val_bpb] if result.status is Status.OK else [])
         mean = sum(values) / len(values) if values else float("nan")
+        reward = self._reward(result, decision, values, rerun=True)
+        stats = self._settle(decision, reward)
         self._record(result, decision, policy=CONFIRM_POLICY, source=near.source,
                      description=f"{near.description} (run {len(values)} of at most {1 + self.config.confirm_runs}, "
                                  f"seed {seed}; mean {mean:.6f})",
-                     diff=near.diff, reward=Reward(0.0, {}), stats={})
+                     diff=near.diff, reward=reward, stats=stats)
+
+    def _settle(self, decision: Decision, reward: Reward) -> dict:
+        """A near miss's re-run: its reward joins its proposal's, and once the verdict is final (kept, or dropped) the
+        policy is told the proposal's outcome with them all. The policy's numbers to log, if it was told. (A loop
+        stopped in between tells no one: the resumed one finishes the re-runs, and the policy misses one outcome.)"""
+        if self.unsettled is None:
+            return {}
+        self.unsettled = dataclasses.replace(self.unsettled, reward=self.unsettled.reward + reward.total,
+                                             accepted=decision.verdict is Verdict.KEEP)
+        if decision.verdict is Verdict.AGAIN:
+            return {}
+        stats, self.unsettled = self.policy.observe(self.unsettled), None
+        self._save_policy()
+        return stats
+
+    def _reward(self, result: RunResult, decision: Decision, runs: list[float | None], predicted: float | None = None,
+                rerun: bool = False) -> Reward:
+        """What a run earns: a kept one the gain of the incumbent's mean (before, against the mean of its runs)."""
+        before = self.state.incumbent_mean
+        gain = 0.0
+        if decision.verdict is Verdict.KEEP and before is not None:
+            gain = max(0.0, math.log(before / statistics.fmean(runs)))
+        return compute_reward(result.status.value, result.val_bpb, before, result.total_seconds, self.budget,
+                              list(result.curve), predicted=predicted, config=self.config.reward, gain=gain,
+                              rerun=rerun)
 
     def _witness(self, source: str, result: RunResult) -> None:
         """Tell the policy of a judged run it did not propose (saved before the record, as its own outcomes are)."""

@@ -28,12 +28,12 @@ BATCH_KEYS = ("b_obs", "b_actions", "b_logprobs", "b_advantages", "b_returns", "
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """Hyperparameters of the PPO update (CleanRL's defaults for discrete actions)."""
+    """Hyperparameters of the PPO update: CleanRL's defaults for discrete actions, but for the discount."""
 
     clip_coef: float = 0.2  # the surrogate clipping coefficient: ratios outside [1 - c, 1 + c] earn nothing more
     vf_coef: float = 0.5  # weight of the value loss in the total loss
     ent_coef: float = 0.01  # weight of the entropy bonus (subtracted from the loss)
-    gamma: float = 0.99  # discount factor
+    gamma: float = 1.0  # no discount: an episode is one research run, its return the gain it ends with (kit/reward.py)
     gae_lambda: float = 0.95  # lambda of generalized advantage estimation
     update_epochs: int = 4  # passes over the batch per ppo_step
     num_minibatches: int = 2  # minibatches per pass (a batch smaller than this gets one-sample minibatches)
