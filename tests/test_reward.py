@@ -37,10 +37,9 @@ def test_under_progress_no_run_the_loop_did_not_keep_earns_more_than_nothing():
             assert compute_reward(status, value, 1.0, seconds, 60.0, CURVE, predicted=value, rerun=True).total <= 0
     assert composite("ok", 1.05, 1.0, 10.0, 60.0, CURVE).total > 0
     assert composite("pruned", None, 1.0, 5.0, 60.0, CURVE, predicted=1.5).total > 0
-    # stopped at once, a run saves at most one budget's compute: a tenth of what a kept 0.1 % gain earns
+    # stopped at once, a run saves at most one budget's compute (0.01): what a kept 0.01 % gain earns
     stopped, finished = (compute_reward(s, 1.5, 1.0, t, 60.0, CURVE) for s, t in (("pruned", 0.0), ("ok", 60.0)))
     assert stopped.total - finished.total == pytest.approx(0.01)
-    assert 0.01 < 0.11 * compute_reward("ok", 0.99, 1.0, 60.0, 60.0, CURVE, gain=math.log(1.001)).parts["progress"]
 
 
 def test_a_re_run_pays_its_compute_and_the_gain_once_it_confirms_the_keep_and_nothing_under_the_composite():
