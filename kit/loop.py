@@ -47,6 +47,11 @@ from kit.reward import Reward, RewardConfig, compute_reward
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, RunState
 from kit.stopping import STOP_FILE, StopConditions, first_ctrl_c_calls, stop_requested, wait_while_held
 
+SITUATION_NAMES = (
+    "noise",  # tanh(NOISE_SCALE * the noise floor's standard deviation / the incumbent's mean): how loud the world is
+    "left",  # the share of the run still to go under its iteration, hour or GPU-hour limit (1 without one)
+)
+NOISE_SCALE = 100.0  # a noise floor of 0.5 % of val_bpb reads about 0.46
 CANDIDATE_FILE = "candidate.py"
 PAUSED_FILE = "PAUSED"
 POLICY_FILE = "policy.pt"
@@ -161,6 +166,7 @@ class ResearchLoop:
         self.repo = TrainRepo(self.run_dir / "repo")
         self.interrupted = False
         self.contended: str | None = None  # why the loop pauses: its runs could not get the machine to themselves
+        self.started = time.monotonic()  # run() sets it again: the hours limit counts this invocation
         self.unsettled: Outcome | None = None  # a near miss's proposal, told to the policy once its re-runs settle it
         try:
             self._resume()
@@ -199,21 +205,21 @@ class ResearchLoop:
 
     def run(self) -> str:
         """Run until a stop condition, a stop or a pause; write the report; return why it stopped."""
-        started, reason = time.monotonic(), None
+        self.started, reason = time.monotonic(), None
         with first_ctrl_c_calls(self._on_ctrl_c):
             try:
                 while reason is None:
-                    reason = self._turn(started)
+                    reason = self._turn()
             finally:
                 write_report(self.run_dir, self.ledger)
         self._emit({"event": "stopped", "reason": reason})
         return reason
 
-    def _turn(self, started: float) -> str | None:
+    def _turn(self) -> str | None:
         """One turn of the loop; why to stop, or None to go on."""
         wait_while_held(self.run_dir, lambda: self.interrupted, self._on_hold)
         # 1. stop when a limit, the termination oracle, the stop file or Ctrl-C says so
-        if reason := self._stop_reason(started):
+        if reason := self._stop_reason():
             return reason
         # 2. the next experiment: the noise floor first, then a near miss's re-run, else a new idea
         if self.state.noise_runs < self.config.noise_repeats:
@@ -435,8 +441,13 @@ class ResearchLoop:
         return Decision(verdict, commit, parent)
 
     def _observation(self, source: str) -> np.ndarray:
-        return np.concatenate([edits.config_vector(source, self.knob_names),
-                               self.state.memory.observation()]).astype(np.float32)
+        """What a policy sees: source's knobs in their declared ranges, the memory, then the run's situation
+        (SITUATION_NAMES), all of which mean the same in any run, so that a policy can be carried between them."""
+        acceptance, incumbent = self.state.acceptance, self.state.incumbent_mean
+        noise = math.tanh(NOISE_SCALE * acceptance.sigma / incumbent) if incumbent else 0.0
+        left = self.config.stop.share_left(self.state.records, time.monotonic() - self.started)
+        return np.concatenate([edits.config_vector(source, self.knob_names), self.state.memory.observation(),
+                               np.array([noise, left])]).astype(np.float32)
 
     def _watch(self, stop_rule: bool = False) -> _Watch:
         """The harness monitor of the next run: progress events for the dashboard, and (for a new idea, once there
@@ -497,10 +508,10 @@ class ResearchLoop:
               f"{mark} {description}{why}", flush=True)
         self._emit({"event": "record", "record": record})
 
-    def _stop_reason(self, started: float) -> str | None:
+    def _stop_reason(self) -> str | None:
         if self.interrupted:
             return "stopped by Ctrl-C"
-        return stop_requested(self.run_dir) or self.config.stop(self.state.records, time.monotonic() - started)
+        return stop_requested(self.run_dir) or self.config.stop(self.state.records, time.monotonic() - self.started)
 
     def _stopping(self) -> bool:
         """Whether a stop is asked for (without taking the STOP file away, as _stop_reason does)."""
