@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
                       f"override (default: {default(LoopConfig, 'llm_share')})")
     loop.add_argument("--early-stopping", choices=(*RULES, "none"), help="stop rule asked while a run trains "
                       f"(default: {default(LoopConfig, 'early_stopping')}, which bench/early_stopping.md found safe)")
+    loop.add_argument("--from-scratch", action="store_true", help="ppo: start from random weights, not the shipped "
+                      "pre-trained ones")
     loop.add_argument("--reward", dest="reward_kind", choices=REWARDS, help="what an experiment is worth to a "
                       "learning policy: progress, the confirmed gain of what the loop keeps less the compute spent, or "
                       f"composite, the source's (default: {default(RewardConfig, 'kind')}; kit/reward.py)")
@@ -138,6 +140,7 @@ def _experiment(args: argparse.Namespace) -> int:
 def _loop(args: argparse.Namespace) -> int:
     from kit.ledger import LedgerLocked
     from kit.loop import LoopConfig, ResumeError, run_loop
+    from kit.policies.pretrained import WeightsMismatch
     from kit.reward import RewardConfig
     from kit.stopping import StopConditions
 
@@ -155,7 +158,7 @@ def _loop(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     try:
         reason = run_loop(config)
-    except (LedgerLocked, ResumeError) as error:
+    except (LedgerLocked, ResumeError, WeightsMismatch) as error:
         raise UsageError(str(error)) from None
     print(f"{reason}\nreport: {Path(config.run_dir) / 'summary.md'}, results.tsv, progress.png")
     return 0

@@ -113,6 +113,8 @@ class LoopConfig:
     """The model name the llm endpoint serves."""
     llm_share: float = 0.3
     """The cmaes-llm hybrid: the share of CMA-ES's proposals the LLM at the endpoint may override."""
+    from_scratch: bool = False
+    """ppo: start from random weights instead of the shipped pre-trained ones (kit/policies/pretrained.py)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
 
@@ -192,7 +194,9 @@ class ResearchLoop:
         self.policy = make_policy(self.config.policy, Setup(
             catalog=self.catalog, knobs=edits.knobs(self.source), observation_size=self._observation(self.source).size,
             seed=self.config.seed, edit_features=edits.edit_features(self.source, self.catalog, self.knob_names),
-            ppo=self.config.ppo, lm_model=self.config.lm_model, llm_url=self.config.llm_url,
+            ppo=self.config.ppo, reward=self.config.reward.kind,
+            from_scratch=self.config.from_scratch or (self.run_dir / POLICY_FILE).exists(),  # a resume has its own
+            lm_model=self.config.lm_model, llm_url=self.config.llm_url,
             llm_model=self.config.llm_model, llm_share=self.config.llm_share))
         self.frontier = Frontier(self.catalog)
         self._load_policy()

@@ -3,8 +3,8 @@ feeds it.
 
 Owns: `PPOConfig`, `compute_gae`, `make_batch` (a finished rollout -> the `b_*` batch), `ppo_loss` (the loss of one
 minibatch and its statistics), `ppo_step` (epochs of shuffled minibatches over one batch) and `Rollout` (the
-storage, the optimizer and when to update, for a task that never ends). The math and the names follow CleanRL's
-ppo.py: `logratio`, `ratio`, `pg_loss`, `v_loss_clipped`, `approx_kl`, `clipfrac`, `explained_var`.
+storage, the optimizer and when to update, over one research run). The math and the names follow CleanRL's ppo.py:
+`logratio`, `ratio`, `pg_loss`, `v_loss_clipped`, `approx_kl`, `clipfrac`, `explained_var`.
 Does not own: the networks (kit/policies/operator.py) or what a transition is worth (kit/reward.py).
 
 The agent is anything with `get_action_and_value(x, action=None, mask=None) -> (action, logprob, entropy, value)`
@@ -201,9 +201,10 @@ def ppo_step(policy: nn.Module, batch: dict[str, Tensor], optimizer: torch.optim
 
 
 class Rollout:
-    """PPO's storage for a task that never ends (a research run is one long episode): transitions are kept until
-    cfg.num_steps are in, then one ppo_step over them, with advantages bootstrapped from the critic's value of the
-    state after the last one, and the storage starts over. It holds the optimizer, and its state_dict (the buffer and
+    """PPO's storage over one research run, the episode: transitions are kept until cfg.num_steps are in, then one
+    ppo_step over them, with advantages bootstrapped from the critic's value of the state after the last one, and
+    the storage starts over; finish() ends the episode (pre-training does, kit/bench/pretrain.py; a loop that stops
+    keeps its transitions for a resume). It holds the optimizer, and its state_dict (the buffer and
     the optimizer's state) goes into RUN_DIR/policy.pt beside the agent's weights."""
 
     def __init__(self, agent: nn.Module, cfg: PPOConfig):
@@ -218,12 +219,20 @@ class Rollout:
                             "value": float(value), "reward": float(reward), "mask": np.asarray(mask).tolist()})
         if len(self.buffer) < self.cfg.num_steps:
             return {}
-        b = self.buffer
         with torch.no_grad():  # the task goes on after the last transition: bootstrap from the state it left
             next_value = self.agent.get_value(torch.as_tensor(next_obs(), dtype=torch.float32)[None]).item()
+        return self._update(next_value, next_done=0.0)
+
+    def finish(self) -> dict[str, float]:
+        """The episode (a research run) is over: one update over what is stored, with nothing after the last
+        transition to bootstrap from; its losses, or {} when nothing was stored."""
+        return self._update(0.0, next_done=1.0) if self.buffer else {}
+
+    def _update(self, next_value: float, next_done: float) -> dict[str, float]:
+        b = self.buffer
         batch = make_batch([t["obs"] for t in b], [t["action"] for t in b], [t["logprob"] for t in b],
                            [t["reward"] for t in b], [t["value"] for t in b], dones=np.zeros(len(b)),
-                           next_value=next_value, next_done=0.0, cfg=self.cfg, masks=[t["mask"] for t in b])
+                           next_value=next_value, next_done=next_done, cfg=self.cfg, masks=[t["mask"] for t in b])
         stats = ppo_step(self.agent, batch, self.optimizer, self.cfg)
         self.buffer = []
         return stats

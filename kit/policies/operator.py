@@ -2,8 +2,10 @@
 
 Owns: `OperatorPolicy`, CleanRL's actor-critic shape (orthogonal init, tanh layers, a critic over the observation)
 with a masked categorical head over the catalog whose logits come from shared edit features, and its rollout
-(kit.ppo.Rollout: one update every num_steps proposals).
-Does not own: the update rule (kit/ppo.py), the features (kit.edits.edit_features) or the reward (kit/reward.py).
+(kit.ppo.Rollout: one update every num_steps proposals). It starts from the shipped pre-trained weights
+(kit/policies/pretrained.py) and goes on learning in the run, or, from scratch, from random ones.
+Does not own: the update rule (kit/ppo.py), the features (kit.edits.edit_features), the reward (kit/reward.py) or
+the pre-training (kit/bench/pretrain.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Categorical
 
+from kit.policies import pretrained
 from kit.policies.base import Outcome, Policy, Proposal, Setup, State, edit_proposal, valid_actions
 from kit.ppo import PPOConfig, Rollout
 
@@ -75,9 +78,31 @@ class OperatorPolicy(nn.Module, Policy):
 
     @classmethod
     def build(cls, setup: Setup) -> OperatorPolicy:
+        """The policy, starting from the shipped pre-trained weights unless setup.from_scratch."""
         features, knob_index = setup.edit_features if setup.edit_features is not None else (None, None)
-        return cls(setup.observation_size, len(setup.catalog), seed=setup.seed, edit_features=features,
-                   edit_knobs=knob_index, ppo=setup.ppo)
+        policy = cls(setup.observation_size, len(setup.catalog), seed=setup.seed, edit_features=features,
+                     edit_knobs=knob_index, ppo=setup.ppo)
+        if not setup.from_scratch:
+            policy.start_from(pretrained.WEIGHTS, pretrained.signature(setup.knobs, setup.catalog,
+                                                                       setup.observation_size, setup.reward))
+        return policy
+
+    def start_from(self, path, expects: str) -> dict:
+        """Take the weights saved at path (kit/policies/pretrained.py) if they were made for what `expects` says;
+        how they were made. The sampling generator and the optimizer start afresh."""
+        parameters, about = pretrained.load(path, expects)
+        own = dict(self.named_parameters())
+        if sorted(parameters) != sorted(own) or any(parameters[n].shape != p.shape for n, p in own.items()):
+            raise pretrained.WeightsMismatch(f"the weights in {path} are of another network shape; run with "
+                                             "--from-scratch, or pre-train again with `python -m kit bench pretrain`")
+        with torch.no_grad():
+            for name, p in own.items():
+                p.copy_(parameters[name])
+        return about
+
+    def parameters_to_save(self) -> dict[str, torch.Tensor]:
+        """The weights alone (no generator, no optimizer): what kit/policies/pretrained.py ships."""
+        return {name: p.detach().clone() for name, p in self.named_parameters()}
 
     # the network ----------------------------------------------------------------------------------------------
 
