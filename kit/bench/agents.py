@@ -81,17 +81,7 @@ def run_one(policy: str, seed: int, environment: Environment, experiments: int, 
     world = _Expecting(environment)
     config = LoopConfig(run_dir=run_dir, profile=profile, policy=policy, seed=seed, budget=budget,
                         stop=StopConditions(iterations=experiments + noise_repeats), noise_repeats=noise_repeats)
-    pauses, recorded = -1, -1
-    # three failures in a row pause the loop; a user would look and run it again, and so does the benchmark, so that
-    # every policy gets its experiments (a resume that adds nothing ends it)
-    while recorded < config.stop.iterations:
-        with contextlib.redirect_stdout(io.StringIO()):
-            run_loop(config, environment=world)
-        with Ledger(run_dir, readonly=True) as ledger:
-            records = ledger.records()
-        if len(records) == recorded:
-            break
-        pauses, recorded = pauses + 1, len(records)
+    records, pauses = run_to_end(config, world)
     wall = time.perf_counter() - started
     noise = [r for r in records if r.policy == NOISE_POLICY]
     agent = [r for r in records if r.policy != NOISE_POLICY]
@@ -120,6 +110,22 @@ def run_one(policy: str, seed: int, environment: Environment, experiments: int, 
                       next((r.val_bpb for r in noise if r.val_bpb is not None), math.nan), baseline_worth,
                       reevaluate(environment, final, run_dir / "reevaluation"), wall, statuses, losses,
                       float(np.mean(unsure)) if unsure else math.nan, sum(r.accepted for r in agent), pauses)
+
+
+def run_to_end(config: LoopConfig, environment: Environment) -> tuple[list, int]:
+    """The loop of config, quietly, until its iteration limit: three failures in a row pause it, and a user would
+    look and run it again, and so does this, so that every policy gets its experiments (a resume that adds nothing
+    ends it). The ledger's records, and how many times it paused."""
+    pauses, recorded, records = -1, -1, []
+    while recorded < config.stop.iterations:
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_loop(config, environment=environment)
+        with Ledger(config.run_dir, readonly=True) as ledger:
+            records = ledger.records()
+        if len(records) == recorded:
+            break
+        pauses, recorded = pauses + 1, len(records)
+    return records, pauses
 
 
 def reevaluate(environment: Environment, source: str, run_dir: Path) -> float:

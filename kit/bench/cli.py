@@ -3,6 +3,7 @@
     python -m kit bench record --profile cpu --runs N [--design] [--out data/curves-cpu.jsonl.gz]
     python -m kit bench early-stopping [--curves data/curves-cpu.jsonl.gz] [--orders 50]
     python -m kit bench agents [--environment family,replay,tabular,synthetic] [--seeds 20] [--experiments 300]
+    python -m kit bench pretrain [--episodes 200] [--seed 0]
 
 Owns: their arguments, one-line errors for bad input, and the reports' headers (what was measured, how, where).
 Does not own: the benchmarks (the modules beside this one).
@@ -75,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     agents.add_argument("--cache", type=Path, default=CACHE, help="where each finished run is kept, by world and "
                         "code, so that an interrupted benchmark resumes (default: bench/.cache)")
     agents.set_defaults(run=_agents)
+
+    pre = benches.add_parser("pretrain", help="pre-train the PPO policy over research runs on development members of "
+                             "the synthetic family; write the weights `--policy ppo` starts from, and a report")
+    pre.add_argument("--episodes", type=positive_int, default=200, help="research runs to learn from (default: 200)")
+    pre.add_argument("--seed", type=int, default=0, help="the same seed makes the same weights")
+    pre.add_argument("--out", type=Path, default=None, help="default: the shipped kit/policies/ppo_pretrained.pt")
+    pre.add_argument("--report", type=Path, default=REPO_ROOT / "bench" / "pretrain.md")
+    pre.set_defaults(run=_pretrain)
     return parser
 
 
@@ -148,6 +157,26 @@ def _agents(args: argparse.Namespace) -> int:
               "each re-run. Seed i of every policy meets the same world, so results pair by seed."]
     out = comparison.write_report(worlds, args.out, header)
     print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from kit.bench.pretrain import PretrainConfig, pretrain, write_report
+    from kit.policies import pretrained
+
+    out = args.out or pretrained.WEIGHTS
+    if out.is_dir() or not out.parent.is_dir():
+        raise UsageError(f"--out {out}: give a file in an existing folder")
+    config = PretrainConfig(episodes=args.episodes, seed=args.seed)
+    started, cpu = time.perf_counter(), time.process_time()
+    summaries = pretrain(config, out)
+    minutes, cpu_minutes = (time.perf_counter() - started) / 60, (time.process_time() - cpu) / 60
+    command = f"python -m kit bench pretrain --episodes {args.episodes} --seed {args.seed}"
+    header = (f"Made by `{command}` on {platform.machine()} with {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
+              f"in {minutes:.1f} minutes of which this process computed {cpu_minutes:.1f} (one core: the two "
+              f"differ when other work shared the machine); the weights, {out.name}, take {out.stat().st_size / 1024:.0f} KiB.")
+    report = write_report(summaries, args.report, header)
+    print(f"wrote {out} and {report}")
     return 0
 
 
