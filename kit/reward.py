@@ -36,7 +36,6 @@ import numpy as np
 
 from kit.results import FAILURES, Status
 
-
 REWARDS = ("progress", "composite")
 
 

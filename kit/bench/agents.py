@@ -38,6 +38,8 @@ from kit.stopping import StopConditions
 REAL_CHECK = "## Real check on the `cpu` profile (no surrogate)"  # bench/agents_real.py writes this section
 REEVALUATION_SEEDS = tuple(range(10**9, 10**9 + 5))
 """Fresh seeds the final train.py is run under once the loop is done: no loop uses seeds this large."""
+SCRATCH = "ppo-scratch"
+"""The benchmark's name for PPO from random weights (`--policy ppo --from-scratch`); `ppo` starts pre-trained."""
 LOSSES = ("pruned", "rejected", "duplicate", "crash", "timeout")
 """What an experiment can be lost to: stopped early, refused before it ran, a repeat of one already run, failed."""
 
@@ -79,8 +81,9 @@ def run_one(policy: str, seed: int, environment: Environment, experiments: int, 
     run_dir = work / f"{policy}-{seed}"
     started = time.perf_counter()
     world = _Expecting(environment)
-    config = LoopConfig(run_dir=run_dir, profile=profile, policy=policy, seed=seed, budget=budget,
-                        stop=StopConditions(iterations=experiments + noise_repeats), noise_repeats=noise_repeats)
+    config = LoopConfig(run_dir=run_dir, profile=profile, policy="ppo" if policy == SCRATCH else policy, seed=seed,
+                        budget=budget, from_scratch=policy == SCRATCH, noise_repeats=noise_repeats,
+                        stop=StopConditions(iterations=experiments + noise_repeats))
     records, pauses = run_to_end(config, world)
     wall = time.perf_counter() - started
     noise = [r for r in records if r.policy == NOISE_POLICY]

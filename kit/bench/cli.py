@@ -28,8 +28,10 @@ CACHE = REPO_ROOT / "bench" / ".cache"
 WORLDS = ("family", "replay", "tabular", "synthetic")
 NO_CURVES = "record some with `python -m kit bench record --profile cpu --runs 150`"
 NO_DESIGN = "record a design with `python -m kit bench record --profile cpu --design --runs 200`"
-# what the agents benchmark can run: every policy that needs nothing beyond the loop (no model, no endpoint)
-BENCHABLE = tuple(name for name, entry in REGISTRY.items() if not entry.needs)
+# what the agents benchmark can run: every policy that needs nothing beyond the loop (no model, no endpoint), and
+# PPO from scratch beside the pre-trained one
+BENCHABLE = tuple(n for name, entry in REGISTRY.items() if not entry.needs
+                  for n in ((name, "ppo-scratch") if name == "ppo" else (name,)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,9 +174,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     summaries = pretrain(config, out)
     minutes, cpu_minutes = (time.perf_counter() - started) / 60, (time.process_time() - cpu) / 60
     command = f"python -m kit bench pretrain --episodes {args.episodes} --seed {args.seed}"
-    header = (f"Made by `{command}` on {platform.machine()} with {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
-              f"in {minutes:.1f} minutes of which this process computed {cpu_minutes:.1f} (one core: the two "
-              f"differ when other work shared the machine); the weights, {out.name}, take {out.stat().st_size / 1024:.0f} KiB.")
+    size = out.stat().st_size / 1024
+    header = (f"Made by `{command}` on {platform.machine()} with {os.cpu_count()} cores, "
+              f"{time.strftime('%Y-%m-%d')}, in {minutes:.1f} minutes, of which this process computed "
+              f"{cpu_minutes:.1f} (on one core: the two differ when other work shared the machine); the weights, "
+              f"{out.name}, take {size:.0f} KiB.")
     report = write_report(summaries, args.report, header)
     print(f"wrote {out} and {report}")
     return 0
