@@ -111,7 +111,6 @@ def pretrain(config: PretrainConfig, out: Path = pretrained.WEIGHTS, baseline: s
 
     The weights expect the kit's train.py's knobs and catalog (the starts move values, never ranges)."""
     baseline = baseline if baseline is not None else (REPO_ROOT / "train.py").read_text()
-    torch.set_num_threads(1)  # the network is small; one thread is faster here, and the same on every machine
     started, checkpoint, summaries = time.perf_counter(), None, []
     scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None  # git and the ledger write many small files
     with tempfile.TemporaryDirectory(prefix="pretrain-", dir=scratch) as work:
