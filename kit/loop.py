@@ -241,7 +241,7 @@ class ResearchLoop:
         # 1. what to edit: the incumbent, or (for a catalog policy whose edits of it are used up) the best not kept
         base, base_description, mask = self._base()
         state = State(source=base, catalog=self.catalog, mask=mask, observation=self._observation(base),
-                      knobs=edits.knobs(base), memory=self.state.memory)
+                      knobs=edits.knobs(base), memory=self.state.memory, incumbent=self.state.incumbent_mean)
         # 2. the policy proposes; the proposal becomes a train.py, or the reason there is none
         proposal = self.policy.propose(state)
         candidate, error = self._candidate(proposal, base)

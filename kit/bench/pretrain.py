@@ -153,6 +153,7 @@ def run_episode(episode: Episode, checkpoint: dict | None, work: Path, seed: int
     saved = torch.load(run_dir / POLICY_FILE, weights_only=False)
     policy = _policy_of(saved, episode.start, ppo)
     policy.rollout.finish()
+    policy.forget()  # the next run starts with no memory of its edits, as a run from the shipped weights does
     with Ledger(run_dir, readonly=True) as ledger:
         records = ledger.records()
     kept = [r for r in records if r.accepted]

@@ -39,6 +39,7 @@ class State:
     observation: np.ndarray  # float32 features: concat(config vector, memory observation)
     knobs: list[Hyperparameter]  # the ranged hyperparameters of source, with their current values
     memory: Memory | None = None  # the loop's memory (language-model policies render it into their prompt)
+    incumbent: float | None = None  # the mean val_bpb of the train.py to beat (None before the noise floor)
 
 
 @dataclass
