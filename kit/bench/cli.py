@@ -64,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
     agents = benches.add_parser("agents", help="every policy through the loop, many seeds, on stand-in worlds; write "
                                 "bench/agents.md and a plot")
-    agents.add_argument("--environment", default="family,replay", help="comma-separated worlds: family (held-out "
-                        "members of the synthetic family, one per seed), replay (a surrogate of recorded runs), "
-                        "tabular (the nearest cell of a recorded design), synthetic (the easy catalog-shaped one)")
+    agents.add_argument("--environment", default="family,replay,tabular", help="comma-separated worlds: family "
+                        "(held-out members of the synthetic family, one per seed), replay (a surrogate of recorded "
+                        "runs), tabular (the nearest cell of a recorded design), synthetic (the easy "
+                        "catalog-shaped one)")
     agents.add_argument("--curves", type=Path, default=CURVES)
     agents.add_argument("--design", type=Path, default=DESIGN, help="the tabular world's recording")
     agents.add_argument("--policies", default=",".join(BENCHABLE), help="comma-separated")
@@ -135,6 +136,8 @@ def _agents(args: argparse.Namespace) -> int:
     names = [w.strip() for w in args.environment.split(",") if w.strip()]
     if not names or any(w not in WORLDS for w in names):
         raise UsageError(f"--environment takes one or more of {', '.join(WORLDS)}; got {args.environment!r}")
+    if args.cache.exists() and not args.cache.is_dir():
+        raise UsageError(f"--cache {args.cache} is a file: give a folder (it is made if missing)")
     baseline = (REPO_ROOT / "train.py").read_text()
     built = [build_world(name, baseline, args) for name in names]  # every world first: a bad one fails before hours run
     caches = [_cache(args, name) for name in names]  # named by the code as it is now, before anything runs
