@@ -207,8 +207,9 @@ class Rollout:
     keeps its transitions for a resume). It holds the optimizer, and its state_dict (the buffer and
     the optimizer's state) goes into RUN_DIR/policy.pt beside the agent's weights."""
 
-    def __init__(self, agent: nn.Module, cfg: PPOConfig):
-        self.agent, self.cfg = agent, cfg
+    def __init__(self, agent: nn.Module, cfg: PPOConfig, generator: torch.Generator | None = None):
+        """generator: the minibatch order's (the global one when None); the owner keeps its state for a resume."""
+        self.agent, self.cfg, self.generator = agent, cfg, generator
         self.optimizer = make_optimizer(agent, cfg)
         self.buffer: list[dict[str, Any]] = []
 
@@ -233,7 +234,7 @@ class Rollout:
         batch = make_batch([t["obs"] for t in b], [t["action"] for t in b], [t["logprob"] for t in b],
                            [t["reward"] for t in b], [t["value"] for t in b], dones=np.zeros(len(b)),
                            next_value=next_value, next_done=next_done, cfg=self.cfg, masks=[t["mask"] for t in b])
-        stats = ppo_step(self.agent, batch, self.optimizer, self.cfg)
+        stats = ppo_step(self.agent, batch, self.optimizer, self.cfg, generator=self.generator)
         self.buffer = []
         return stats
 

@@ -86,7 +86,7 @@ class OperatorPolicy(nn.Module, Policy):
         self.register_buffer("edit_knobs", torch.from_numpy(edit_knobs))
         self.observation_size, self.catalog_size = observation_size, catalog_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.rollout = Rollout(self, ppo or PPOConfig())
+        self.rollout = Rollout(self, ppo or PPOConfig(), generator=self.generator)  # a seed fixes its updates too
         self.forget()
 
     @classmethod

@@ -84,7 +84,7 @@ def test_ppo_on_a_train_py_the_weights_were_not_made_for_says_so_in_one_line(tmp
     args = ["loop", "--profile", "smoke", "--policy", "ppo", "--iterations", "1", "--train-py", str(other),
             "--run-dir", str(tmp_path / "run")]
     assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "--from-scratch" in err, err
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--from-scratch" in errors[0] and "another train.py" in errors[0], errors
     config = LoopConfig(run_dir=tmp_path / "scratch", profile="smoke", policy="ppo", train_py=other, from_scratch=True)
     ResearchLoop(config).close()  # from scratch it builds
