@@ -55,7 +55,8 @@ def main() -> int:
                               val_bpb=float(2.5 + rng.random()), reward=float(rng.normal()), accepted=False))
     observation = lambda: np.concatenate([edits.config_vector(source, names), memory.observation()])  # noqa: E731
     policy = make_policy("ppo", Setup(catalog=catalog, knobs=edits.knobs(source), observation_size=observation().size,
-                                      edit_features=edits.edit_features(source, catalog, names), ppo=PPOConfig()))
+                                      edit_features=edits.edit_features(source, catalog, names), ppo=PPOConfig(),
+                                      from_scratch=True))
     curve = [(t * 0.4, 3.0 - t * 0.01) for t in range(150)]
 
     def state() -> State:

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     from kit.policies import REGISTRY
     from kit.predictor import RULES
     from kit.results import HarnessConfig
+    from kit.reward import REWARDS, RewardConfig
 
     parser = OneLineParser(prog="python -m kit", description="autoresearch-rl: an RL agent that improves train.py "
                            "on its own.")
@@ -85,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
                       f"override (default: {default(LoopConfig, 'llm_share')})")
     loop.add_argument("--early-stopping", choices=(*RULES, "none"), help="stop rule asked while a run trains "
                       f"(default: {default(LoopConfig, 'early_stopping')}, which bench/early_stopping.md found safe)")
+    loop.add_argument("--from-scratch", action="store_true", help="ppo: start from random weights, not the shipped "
+                      "pre-trained ones")
+    loop.add_argument("--reward", dest="reward_kind", choices=REWARDS, help="what an experiment is worth to a "
+                      "learning policy: progress, the confirmed gain of what the loop keeps less the compute spent, or "
+                      f"composite, the source's (default: {default(RewardConfig, 'kind')}; kit/reward.py)")
     loop.add_argument("--confirm-runs", type=int, help="runs under new seeds a near miss gets before it is dropped "
                       f"(0: judge every edit on one run; default: {default(LoopConfig, 'confirm_runs')})")
     loop.add_argument("--contention-limit", type=share, help="share of a run's cores other processes may use while "
@@ -134,6 +140,8 @@ def _experiment(args: argparse.Namespace) -> int:
 def _loop(args: argparse.Namespace) -> int:
     from kit.ledger import LedgerLocked
     from kit.loop import LoopConfig, ResumeError, run_loop
+    from kit.policies.pretrained import WeightsMismatch
+    from kit.reward import RewardConfig
     from kit.stopping import StopConditions
 
     options = given(args, LoopConfig)
@@ -142,13 +150,15 @@ def _loop(args: argparse.Namespace) -> int:
     read_train_py(options.get("train_py", default(LoopConfig, "train_py")))
     ensure_data(profile)
     options.setdefault("run_dir", Path("runs") / f"{policy}-{profile}")
+    if "reward_kind" in args:
+        options["reward"] = RewardConfig(kind=args.reward_kind)
     try:
         config = LoopConfig(**options, stop=StopConditions(**given(args, StopConditions)))
     except ValueError as error:
         raise UsageError(str(error)) from None
     try:
         reason = run_loop(config)
-    except (LedgerLocked, ResumeError) as error:
+    except (LedgerLocked, ResumeError, WeightsMismatch) as error:
         raise UsageError(str(error)) from None
     print(f"{reason}\nreport: {Path(config.run_dir) / 'summary.md'}, results.tsv, progress.png")
     return 0

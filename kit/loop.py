@@ -20,6 +20,7 @@ Does not own: any of those; widgets (the optional on_event callback feeds them).
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -46,6 +47,11 @@ from kit.reward import Reward, RewardConfig, compute_reward
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, RunState
 from kit.stopping import STOP_FILE, StopConditions, first_ctrl_c_calls, stop_requested, wait_while_held
 
+SITUATION_NAMES = (
+    "noise",  # tanh(NOISE_SCALE * the noise floor's standard deviation / the incumbent's mean): how loud the world is
+    "left",  # the share of the run still to go under its iteration, hour or GPU-hour limit (1 without one)
+)
+NOISE_SCALE = 100.0  # a noise floor of 0.5 % of val_bpb reads about 0.46
 CANDIDATE_FILE = "candidate.py"
 PAUSED_FILE = "PAUSED"
 POLICY_FILE = "policy.pt"
@@ -107,6 +113,8 @@ class LoopConfig:
     """The model name the llm endpoint serves."""
     llm_share: float = 0.3
     """The cmaes-llm hybrid: the share of CMA-ES's proposals the LLM at the endpoint may override."""
+    from_scratch: bool = False
+    """ppo: start from random weights instead of the shipped pre-trained ones (kit/policies/pretrained.py)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
 
@@ -160,6 +168,8 @@ class ResearchLoop:
         self.repo = TrainRepo(self.run_dir / "repo")
         self.interrupted = False
         self.contended: str | None = None  # why the loop pauses: its runs could not get the machine to themselves
+        self.started = time.monotonic()  # run() sets it again: the hours limit counts this invocation
+        self.unsettled: Outcome | None = None  # a near miss's proposal, told to the policy once its re-runs settle it
         try:
             self._resume()
         except BaseException:
@@ -184,7 +194,9 @@ class ResearchLoop:
         self.policy = make_policy(self.config.policy, Setup(
             catalog=self.catalog, knobs=edits.knobs(self.source), observation_size=self._observation(self.source).size,
             seed=self.config.seed, edit_features=edits.edit_features(self.source, self.catalog, self.knob_names),
-            ppo=self.config.ppo, lm_model=self.config.lm_model, llm_url=self.config.llm_url,
+            ppo=self.config.ppo, reward=self.config.reward.kind,
+            from_scratch=self.config.from_scratch or (self.run_dir / POLICY_FILE).exists(),  # a resume has its own
+            lm_model=self.config.lm_model, llm_url=self.config.llm_url,
             llm_model=self.config.llm_model, llm_share=self.config.llm_share))
         self.frontier = Frontier(self.catalog)
         self._load_policy()
@@ -197,21 +209,21 @@ class ResearchLoop:
 
     def run(self) -> str:
         """Run until a stop condition, a stop or a pause; write the report; return why it stopped."""
-        started, reason = time.monotonic(), None
+        self.started, reason = time.monotonic(), None
         with first_ctrl_c_calls(self._on_ctrl_c):
             try:
                 while reason is None:
-                    reason = self._turn(started)
+                    reason = self._turn()
             finally:
                 write_report(self.run_dir, self.ledger)
         self._emit({"event": "stopped", "reason": reason})
         return reason
 
-    def _turn(self, started: float) -> str | None:
+    def _turn(self) -> str | None:
         """One turn of the loop; why to stop, or None to go on."""
         wait_while_held(self.run_dir, lambda: self.interrupted, self._on_hold)
         # 1. stop when a limit, the termination oracle, the stop file or Ctrl-C says so
-        if reason := self._stop_reason(started):
+        if reason := self._stop_reason():
             return reason
         # 2. the next experiment: the noise floor first, then a near miss's re-run, else a new idea
         if self.state.noise_runs < self.config.noise_repeats:
@@ -229,7 +241,7 @@ class ResearchLoop:
         # 1. what to edit: the incumbent, or (for a catalog policy whose edits of it are used up) the best not kept
         base, base_description, mask = self._base()
         state = State(source=base, catalog=self.catalog, mask=mask, observation=self._observation(base),
-                      knobs=edits.knobs(base), memory=self.state.memory)
+                      knobs=edits.knobs(base), memory=self.state.memory, incumbent=self.state.incumbent_mean)
         # 2. the policy proposes; the proposal becomes a train.py, or the reason there is none
         proposal = self.policy.propose(state)
         candidate, error = self._candidate(proposal, base)
@@ -250,20 +262,24 @@ class ResearchLoop:
                 return
             result, watch = measured
             predictions, predicted = [d.to_json() for d in watch.decisions], watch.last_prediction
-            reward = compute_reward(result.status.value, result.val_bpb, self.state.incumbent_mean,
-                                    result.total_seconds, self.budget, list(result.curve), predicted=predicted,
-                                    config=self.config.reward)
         timer = time.perf_counter()
-        # 4. keep it (a commit), run it again (a near miss) or drop it
+        # 4. keep it (a commit), run it again (a near miss) or drop it, and score it
         decision = self._decide(self.config.policy, result, candidate, description)
-        # 5. the policy learns what became of it; a pruned run's forecast stands in for the end it never reached
-        # (without it TPE and CMA-ES would see only failures wherever early stopping works)
+        if error is None and not duplicate:
+            reward = self._reward(result, decision, [result.val_bpb], predicted=predicted)
+        # 5. the policy learns what became of it, once it is settled (a near miss after its re-runs: _confirm); a
+        # pruned run's forecast stands in for the end it never reached (without it TPE and CMA-ES would see only
+        # failures wherever early stopping works)
         observed = predicted if result.status is Status.PRUNED else result.val_bpb
         outcome = Outcome(state, proposal, observed, decision.verdict is Verdict.KEEP, reward.total,
                           next_observation=lambda: self._observation(self.source),
                           pruned=result.status is Status.PRUNED, duplicate=duplicate)
-        stats = {"logprob": proposal.logprob, "value": proposal.value, **self.policy.observe(outcome)}
-        self._save_policy()  # before the record: a kill in between costs the policy one outcome, not the ledger
+        stats = {"logprob": proposal.logprob, "value": proposal.value}
+        if decision.verdict is Verdict.AGAIN:
+            self.unsettled = outcome
+        else:
+            stats.update(self.policy.observe(outcome))
+            self._save_policy()  # before the record: a kill in between costs the policy one outcome, not the ledger
         stats["agent_seconds"] = agent_seconds + time.perf_counter() - timer
         # 6. record it
         self._record(result, decision, policy=self.config.policy, source=candidate, description=description, diff=diff,
@@ -298,10 +314,37 @@ class ResearchLoop:
         self._witness(near.source, result)
         values = near.values + ([result.val_bpb] if result.status is Status.OK else [])
         mean = sum(values) / len(values) if values else float("nan")
+        reward = self._reward(result, decision, values, rerun=True)
+        stats = self._settle(decision, reward)
         self._record(result, decision, policy=CONFIRM_POLICY, source=near.source,
                      description=f"{near.description} (run {len(values)} of at most {1 + self.config.confirm_runs}, "
                                  f"seed {seed}; mean {mean:.6f})",
-                     diff=near.diff, reward=Reward(0.0, {}), stats={})
+                     diff=near.diff, reward=reward, stats=stats)
+
+    def _settle(self, decision: Decision, reward: Reward) -> dict:
+        """A near miss's re-run: its reward joins its proposal's, and once the verdict is final (kept, or dropped) the
+        policy is told the proposal's outcome with them all. The policy's numbers to log, if it was told. (A loop
+        stopped in between tells no one: the resumed one finishes the re-runs, and the policy misses one outcome.)"""
+        if self.unsettled is None:
+            return {}
+        self.unsettled = dataclasses.replace(self.unsettled, reward=self.unsettled.reward + reward.total,
+                                             accepted=decision.verdict is Verdict.KEEP)
+        if decision.verdict is Verdict.AGAIN:
+            return {}
+        stats, self.unsettled = self.policy.observe(self.unsettled), None
+        self._save_policy()
+        return stats
+
+    def _reward(self, result: RunResult, decision: Decision, runs: list[float | None], predicted: float | None = None,
+                rerun: bool = False) -> Reward:
+        """What a run earns: a kept one the gain of the incumbent's mean (before, against the mean of its runs)."""
+        before = self.state.incumbent_mean
+        gain = 0.0
+        if decision.verdict is Verdict.KEEP and before is not None:
+            gain = max(0.0, math.log(before / statistics.fmean(runs)))
+        return compute_reward(result.status.value, result.val_bpb, before, result.total_seconds, self.budget,
+                              list(result.curve), predicted=predicted, config=self.config.reward, gain=gain,
+                              rerun=rerun)
 
     def _witness(self, source: str, result: RunResult) -> None:
         """Tell the policy of a judged run it did not propose (saved before the record, as its own outcomes are)."""
@@ -402,8 +445,13 @@ class ResearchLoop:
         return Decision(verdict, commit, parent)
 
     def _observation(self, source: str) -> np.ndarray:
-        return np.concatenate([edits.config_vector(source, self.knob_names),
-                               self.state.memory.observation()]).astype(np.float32)
+        """What a policy sees: source's knobs in their declared ranges, the memory, then the run's situation
+        (SITUATION_NAMES), all of which mean the same in any run, so that a policy can be carried between them."""
+        acceptance, incumbent = self.state.acceptance, self.state.incumbent_mean
+        noise = math.tanh(NOISE_SCALE * acceptance.sigma / incumbent) if incumbent else 0.0
+        left = self.config.stop.share_left(self.state.records, time.monotonic() - self.started)
+        return np.concatenate([edits.config_vector(source, self.knob_names), self.state.memory.observation(),
+                               np.array([noise, left])]).astype(np.float32)
 
     def _watch(self, stop_rule: bool = False) -> _Watch:
         """The harness monitor of the next run: progress events for the dashboard, and (for a new idea, once there
@@ -464,10 +512,10 @@ class ResearchLoop:
               f"{mark} {description}{why}", flush=True)
         self._emit({"event": "record", "record": record})
 
-    def _stop_reason(self, started: float) -> str | None:
+    def _stop_reason(self) -> str | None:
         if self.interrupted:
             return "stopped by Ctrl-C"
-        return stop_requested(self.run_dir) or self.config.stop(self.state.records, time.monotonic() - started)
+        return stop_requested(self.run_dir) or self.config.stop(self.state.records, time.monotonic() - self.started)
 
     def _stopping(self) -> bool:
         """Whether a stop is asked for (without taking the STOP file away, as _stop_reason does)."""

@@ -3,8 +3,8 @@ feeds it.
 
 Owns: `PPOConfig`, `compute_gae`, `make_batch` (a finished rollout -> the `b_*` batch), `ppo_loss` (the loss of one
 minibatch and its statistics), `ppo_step` (epochs of shuffled minibatches over one batch) and `Rollout` (the
-storage, the optimizer and when to update, for a task that never ends). The math and the names follow CleanRL's
-ppo.py: `logratio`, `ratio`, `pg_loss`, `v_loss_clipped`, `approx_kl`, `clipfrac`, `explained_var`.
+storage, the optimizer and when to update, over one research run). The math and the names follow CleanRL's ppo.py:
+`logratio`, `ratio`, `pg_loss`, `v_loss_clipped`, `approx_kl`, `clipfrac`, `explained_var`.
 Does not own: the networks (kit/policies/operator.py) or what a transition is worth (kit/reward.py).
 
 The agent is anything with `get_action_and_value(x, action=None, mask=None) -> (action, logprob, entropy, value)`
@@ -28,12 +28,12 @@ BATCH_KEYS = ("b_obs", "b_actions", "b_logprobs", "b_advantages", "b_returns", "
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """Hyperparameters of the PPO update (CleanRL's defaults for discrete actions)."""
+    """Hyperparameters of the PPO update: CleanRL's defaults for discrete actions, but for the discount."""
 
     clip_coef: float = 0.2  # the surrogate clipping coefficient: ratios outside [1 - c, 1 + c] earn nothing more
     vf_coef: float = 0.5  # weight of the value loss in the total loss
     ent_coef: float = 0.01  # weight of the entropy bonus (subtracted from the loss)
-    gamma: float = 0.99  # discount factor
+    gamma: float = 1.0  # no discount: an episode is one research run, its return the gain it ends with (kit/reward.py)
     gae_lambda: float = 0.95  # lambda of generalized advantage estimation
     update_epochs: int = 4  # passes over the batch per ppo_step
     num_minibatches: int = 2  # minibatches per pass (a batch smaller than this gets one-sample minibatches)
@@ -201,13 +201,15 @@ def ppo_step(policy: nn.Module, batch: dict[str, Tensor], optimizer: torch.optim
 
 
 class Rollout:
-    """PPO's storage for a task that never ends (a research run is one long episode): transitions are kept until
-    cfg.num_steps are in, then one ppo_step over them, with advantages bootstrapped from the critic's value of the
-    state after the last one, and the storage starts over. It holds the optimizer, and its state_dict (the buffer and
+    """PPO's storage over one research run, the episode: transitions are kept until cfg.num_steps are in, then one
+    ppo_step over them, with advantages bootstrapped from the critic's value of the state after the last one, and
+    the storage starts over; finish() ends the episode (pre-training does, kit/bench/pretrain.py; a loop that stops
+    keeps its transitions for a resume). It holds the optimizer, and its state_dict (the buffer and
     the optimizer's state) goes into RUN_DIR/policy.pt beside the agent's weights."""
 
-    def __init__(self, agent: nn.Module, cfg: PPOConfig):
-        self.agent, self.cfg = agent, cfg
+    def __init__(self, agent: nn.Module, cfg: PPOConfig, generator: torch.Generator | None = None):
+        """generator: the minibatch order's (the global one when None); the owner keeps its state for a resume."""
+        self.agent, self.cfg, self.generator = agent, cfg, generator
         self.optimizer = make_optimizer(agent, cfg)
         self.buffer: list[dict[str, Any]] = []
 
@@ -218,13 +220,21 @@ class Rollout:
                             "value": float(value), "reward": float(reward), "mask": np.asarray(mask).tolist()})
         if len(self.buffer) < self.cfg.num_steps:
             return {}
-        b = self.buffer
         with torch.no_grad():  # the task goes on after the last transition: bootstrap from the state it left
             next_value = self.agent.get_value(torch.as_tensor(next_obs(), dtype=torch.float32)[None]).item()
+        return self._update(next_value, next_done=0.0)
+
+    def finish(self) -> dict[str, float]:
+        """The episode (a research run) is over: one update over what is stored, with nothing after the last
+        transition to bootstrap from; its losses, or {} when nothing was stored."""
+        return self._update(0.0, next_done=1.0) if self.buffer else {}
+
+    def _update(self, next_value: float, next_done: float) -> dict[str, float]:
+        b = self.buffer
         batch = make_batch([t["obs"] for t in b], [t["action"] for t in b], [t["logprob"] for t in b],
                            [t["reward"] for t in b], [t["value"] for t in b], dones=np.zeros(len(b)),
-                           next_value=next_value, next_done=0.0, cfg=self.cfg, masks=[t["mask"] for t in b])
-        stats = ppo_step(self.agent, batch, self.optimizer, self.cfg)
+                           next_value=next_value, next_done=next_done, cfg=self.cfg, masks=[t["mask"] for t in b])
+        stats = ppo_step(self.agent, batch, self.optimizer, self.cfg, generator=self.generator)
         self.buffer = []
         return stats
 

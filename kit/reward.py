@@ -1,16 +1,29 @@
-"""The composite reward of one experiment: accuracy, efficiency and stability, or a penalty.
+"""What one experiment is worth to the policy: the progress it made, or the source's composite; a penalty for failures.
 
-Owns: `RewardConfig` (the weights and penalties) and `compute_reward`, a pure function of what a run reported.
-A finished (`ok`) run earns
+Owns: `RewardConfig` (which reward, its weights and penalties) and `compute_reward`, a pure function of what a run
+reported and what the loop decided.
+
+`progress` (the default) pays for what the loop keeps. A run the acceptance rule keeps earns
+gain_scale * log(incumbent mean before / its own mean), the confirmed gain; every finished or pruned run pays
+compute_cost per budget's worth of seconds it took; a worse run earns nothing else. A near miss's re-runs pay their
+compute, and the one that confirms the keep earns the gain, so the proposal is told the sum once it is settled.
+Summed over a research run this is gain_scale * log(baseline / the incumbent it ends with) less the compute spent:
+the objective itself, so the policy's returns are not discounted (kit.ppo.PPOConfig.gamma = 1) and an episode is
+one research run.
+
+`composite` is the source's: a finished (`ok`) run earns
 
     accuracy   * log(incumbent / val_bpb)                      0 on the first run (no incumbent)
   + efficiency * (1 - min(1, total_seconds / budget))          faster runs earn more
   + stability  * exp(-var(loss over the curve's last stability_window)),   0 with fewer than 2 points or a NaN loss
 
-A `pruned` run earns the same with the predictor's forecast in place of val_bpb, plus the early-stop bonus (or, with
-credit_early_stops off, only the forecast's accuracy and the stability).
-`crash`, `timeout`, `rejected` and `tampered` earn their penalty; a duplicate adds its penalty to whatever the
-status earned. Every term is recorded in `Reward.parts`; the total is their sum and always finite.
+a `pruned` run the same with the predictor's forecast in place of val_bpb, plus the early-stop bonus (or, with
+credit_early_stops off, only the forecast's accuracy and the stability), and a re-run nothing. It pays runs that made
+things worse (a fast, stable, worse run earns more than nothing) and pays a proposal for being bad enough to stop,
+which is why it is no longer the default.
+
+Under both, `crash`, `timeout`, `rejected` and `tampered` earn their penalty, and a duplicate adds its penalty to
+whatever the status earned. Every term is recorded in `Reward.parts`; the total is their sum and always finite.
 Does not own: deciding acceptance (kit.acceptance), the forecast (kit.predictor), or duplicate detection (kit.memory).
 """
 
@@ -23,11 +36,21 @@ import numpy as np
 
 from kit.results import FAILURES, Status
 
+REWARDS = ("progress", "composite")
+
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Weights of the reward's terms and the penalties of failures."""
+    """Which reward, the weights of its terms and the penalties of failures."""
 
+    kind: str = "progress"
+    """progress: the confirmed gain of the incumbent, less the compute spent; composite: the source's reward."""
+    gain_scale: float = 100.0
+    """progress: the factor on log(incumbent before / after), so a kept 1 % gain earns about 1."""
+    compute_cost: float = 0.01
+    """progress: what a run of one budget's length costs (a hundredth of a 1 % gain): with it, of two ways to the
+    same gain the cheaper one earns more, and it is too small to make a hopeless, quickly stopped run worth
+    proposing."""
     accuracy: float = 0.7
     """Weight of log(incumbent / val_bpb): the relative improvement over the incumbent."""
     efficiency: float = 0.2
@@ -55,7 +78,9 @@ class RewardConfig:
     """Fraction of the curve's last points whose loss variance is measured (at least 2 points)."""
 
     def __post_init__(self) -> None:
-        for name in ("accuracy", "efficiency", "stability", "early_stop_bonus"):
+        if self.kind not in REWARDS:
+            raise ValueError(f"RewardConfig.kind must be one of {', '.join(REWARDS)}, got {self.kind=}")
+        for name in ("gain_scale", "compute_cost", "accuracy", "efficiency", "stability", "early_stop_bonus"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"RewardConfig.{name} must be finite and >= 0, got {value=}")
@@ -108,30 +133,35 @@ def efficiency_score(total_seconds: float | None, budget: float) -> float:
     return 1.0 - min(1.0, max(0.0, total_seconds / budget))
 
 
+def compute_cost_share(total_seconds: float | None, budget: float) -> float:
+    """total_seconds / budget: the compute a run took, in budgets; a whole budget when the time is unknown."""
+    total_seconds = _float(total_seconds)
+    return max(0.0, total_seconds / budget) if math.isfinite(total_seconds) else 1.0
+
+
 def compute_reward(status: str, val_bpb: float | None, incumbent: float | None, total_seconds: float, budget: float,
                    curve: list[tuple[float, float]], predicted: float | None = None, duplicate: bool = False,
-                   config: RewardConfig = RewardConfig()) -> Reward:
-    """The reward of one experiment (see the module docstring); status is a kit.results.Status value."""
+                   config: RewardConfig = RewardConfig(), gain: float = 0.0, rerun: bool = False) -> Reward:
+    """The reward of one experiment (see the module docstring); status is a kit.results.Status value. gain is
+    log(incumbent mean before / after) when the loop kept this run, else 0; rerun says the run is a near miss's
+    re-run under a new seed, not a proposal."""
     if status not in tuple(Status):
         raise ValueError(f"status must be one of {[s.value for s in Status]}, got {status=}")
     if not (math.isfinite(_float(budget)) and budget > 0):
         raise ValueError(f"budget must be positive seconds, got {budget=}")
+    if not (math.isfinite(_float(gain)) and gain >= 0):
+        raise ValueError(f"gain is the log-ratio of a kept improvement, finite and >= 0, got {gain=}")
     status = Status(status)
     parts: dict[str, float] = {}
-    final = _positive(val_bpb)
-    if status == Status.PRUNED:
-        final = _positive(predicted) or final  # the forecast stands in for the value the run did not reach
-    if status == Status.OK and final is None:
+    if status == Status.OK and _positive(val_bpb) is None:
         parts["crash"] = config.crash  # "ok" without a usable val_bpb is a failure the harness missed
     elif status in (Status.OK, Status.PRUNED):
-        reference = _positive(incumbent)
-        accuracy = math.log(reference / final) if reference is not None and final is not None else 0.0
-        parts["accuracy"] = config.accuracy * accuracy
-        credited = status == Status.OK or config.credit_early_stops
-        parts["efficiency"] = config.efficiency * efficiency_score(total_seconds, budget) if credited else 0.0
-        parts["stability"] = config.stability * stability_score(list(curve or ()), config.stability_window)
-        if status == Status.PRUNED and config.credit_early_stops:
-            parts["early_stop"] = config.early_stop_bonus
+        if config.kind == "progress":
+            parts["compute"] = -config.compute_cost * compute_cost_share(total_seconds, budget)
+            if gain > 0:
+                parts["progress"] = config.gain_scale * gain
+        elif not rerun:
+            parts.update(_composite(status, val_bpb, incumbent, total_seconds, budget, curve, predicted, config))
     else:
         assert status in FAILURES
         parts[status.value] = getattr(config, status.value)
@@ -139,3 +169,20 @@ def compute_reward(status: str, val_bpb: float | None, incumbent: float | None, 
         parts["duplicate"] = config.duplicate
     parts = {name: value if math.isfinite(value) else 0.0 for name, value in parts.items()}
     return Reward(total=float(sum(parts.values())), parts=parts)
+
+
+def _composite(status: Status, val_bpb: float | None, incumbent: float | None, total_seconds: float, budget: float,
+               curve: list[tuple[float, float]], predicted: float | None, config: RewardConfig) -> dict[str, float]:
+    """The source's terms of a finished or pruned run."""
+    final = _positive(val_bpb)
+    if status == Status.PRUNED:
+        final = _positive(predicted) or final  # the forecast stands in for the value the run did not reach
+    reference = _positive(incumbent)
+    accuracy = math.log(reference / final) if reference is not None and final is not None else 0.0
+    credited = status == Status.OK or config.credit_early_stops
+    parts = {"accuracy": config.accuracy * accuracy,
+             "efficiency": config.efficiency * efficiency_score(total_seconds, budget) if credited else 0.0,
+             "stability": config.stability * stability_score(list(curve or ()), config.stability_window)}
+    if status == Status.PRUNED and config.credit_early_stops:
+        parts["early_stop"] = config.early_stop_bonus
+    return parts

@@ -57,10 +57,22 @@ class StopConditions:
         if self.hours is not None and elapsed_seconds >= self.hours * 3600:
             return f"hours: {self.hours:g} h of wall-clock time spent"
         if self.gpu_hours is not None:
-            spent = sum(r.total_seconds for r in records if r.fingerprint.get("device") == "cuda") / 3600
+            spent = _gpu_hours(records)
             if spent >= self.gpu_hours:
                 return f"gpu-hours: {spent:.2f} GPU-hours spent (limit {self.gpu_hours:g})"
         return self._converged(records)
+
+    def share_left(self, records: list[Record], elapsed_seconds: float) -> float:
+        """The share of the run still to go under the limits that are set (the smallest of them), in [0, 1]; 1 when
+        none is: a policy that plans for the end of its run sees how near it is."""
+        shares = [1.0]
+        if self.iterations is not None:
+            shares.append(1 - len(records) / self.iterations)
+        if self.hours is not None:
+            shares.append(1 - elapsed_seconds / (self.hours * 3600))
+        if self.gpu_hours is not None:
+            shares.append(1 - _gpu_hours(records) / self.gpu_hours)
+        return min(1.0, max(0.0, min(shares)))
 
     def _converged(self, records: list[Record]) -> str | None:
         judged = [r for r in records if r.status != Status.CONTENDED]  # a contended run was never judged
@@ -75,6 +87,10 @@ class StopConditions:
         return (f"converged: {estimate.successes}/{estimate.trials} recent experiments improved by more than "
                 f"ε={self.epsilon:g}; P(improvement) ≤ {estimate.upper:.3f} (95 % bound) < "
                 f"{self.convergence_threshold:g}")
+
+
+def _gpu_hours(records: list[Record]) -> float:
+    return sum(r.total_seconds for r in records if r.fingerprint.get("device") == "cuda") / 3600
 
 
 def stop_requested(run_dir: Path) -> str | None:

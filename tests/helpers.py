@@ -116,8 +116,9 @@ def state_of(config: np.ndarray, mask: np.ndarray | None = None) -> State:
 
 
 def setup(seed: int = 0, **overrides) -> Setup:
-    """What the registry builds a catalog policy from, for this action space."""
-    return Setup(catalog=CATALOG, knobs=[], observation_size=3, seed=seed, **overrides)
+    """What the registry builds a catalog policy from, for this action space (ppo from scratch: no weights were
+    made for it)."""
+    return Setup(catalog=CATALOG, knobs=[], observation_size=3, seed=seed, **{"from_scratch": True, **overrides})
 
 
 # a small space of ranged knobs for the samplers

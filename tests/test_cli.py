@@ -59,7 +59,7 @@ def test_bad_input_to_a_command_is_one_line_and_exit_status_2(tmp_path, capsys):
     assert main(["bench", "agents", "--policies", "ppo,lm"]) == 2  # lm needs a model: not benchmarkable
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err)
-    assert "not found" in err[0] and "no ledger" in err[1] and "two or more of ppo, random" in err[2]
+    assert "not found" in err[0] and "no ledger" in err[1] and "two or more of ppo, ppo-scratch, random" in err[2]
 
 
 def test_an_unusable_contention_limit_in_the_environment_is_one_line(monkeypatch, capsys):

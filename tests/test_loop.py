@@ -2,6 +2,7 @@
 resume after SIGKILL, near misses re-run under new seeds, the convergence oracle, and one-line errors."""
 
 import dataclasses
+import math
 import os
 import random
 import signal
@@ -17,7 +18,7 @@ from kit.ledger import Ledger
 from kit.loop import CANDIDATE_FILE, ResumeError, run_loop
 from kit.memory import code_hash
 from kit.report import TSV_HEADER
-from kit.run_state import CONFIRM_POLICY, NOISE_POLICY
+from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, runs_of
 
 from .helpers import REPO, TRAIN_PY, StandIn, flat, ledger_records, loop_config
 
@@ -179,6 +180,52 @@ def test_without_confirmations_a_near_miss_is_simply_not_kept(tmp_path):
     run_loop(loop_config(tmp_path, iterations=6, confirm_runs=0), environment=world)
     assert [r.policy for r in ledger_records(tmp_path / "run")][3:] == ["random"] * 3
     assert not any(r.accepted for r in ledger_records(tmp_path / "run")[3:])
+
+
+def test_a_near_miss_earns_its_confirmed_gain_and_its_proposal_is_told_the_sum_once_it_is_kept(tmp_path,
+                                                                                                 monkeypatch):
+    import prepare
+    from kit.policies.search import RandomPolicy
+
+    told = []
+    monkeypatch.setattr(RandomPolicy, "observe", lambda self, outcome: told.append(outcome) or {})
+    run_loop(loop_config(tmp_path, iterations=5), environment=StandIn(TRAIN_PY.read_text(), first=2.47, later=2.47))
+    first, again = ledger_records(tmp_path / "run")[3:]
+    cost = -0.01 * 1.0 / prepare.get_profile("smoke").time_budget  # each stand-in run takes a second
+    assert first.reward_parts == pytest.approx({"compute": cost})
+    # the noise floor's mean was 2.50; the kept edit's runs average 2.47
+    assert again.reward_parts == pytest.approx({"compute": cost, "progress": 100 * math.log(2.50 / 2.47)})
+    assert len(told) == 1 and told[0].accepted and told[0].reward == pytest.approx(first.reward + again.reward)
+    assert told[0].val_bpb == 2.47 and told[0].proposal.description == first.description
+
+
+def test_a_lucky_first_run_earns_only_its_cost_and_its_proposal_is_told_once_it_is_dropped(tmp_path, monkeypatch):
+    from kit.policies.search import RandomPolicy
+
+    told = []
+    monkeypatch.setattr(RandomPolicy, "observe", lambda self, outcome: told.append(outcome) or {})
+    run_loop(loop_config(tmp_path, iterations=5), environment=StandIn(TRAIN_PY.read_text(), first=2.47, later=2.56))
+    first, again = ledger_records(tmp_path / "run")[3:]
+    assert set(first.reward_parts) == set(again.reward_parts) == {"compute"}
+    assert len(told) == 1 and not told[0].accepted and told[0].reward == pytest.approx(first.reward + again.reward)
+    assert told[0].reward < 0
+
+
+def test_the_progress_rewards_of_a_run_add_up_to_the_gain_of_the_train_py_it_ends_with(tmp_path):
+    from kit.bench.environments import SyntheticConfig, SyntheticEnvironment
+
+    world = SyntheticEnvironment(TRAIN_PY.read_text(), SyntheticConfig(seed=1))
+    run_loop(loop_config(tmp_path, iterations=40, policy="greedy", budget=60.0), environment=world)
+    records = ledger_records(tmp_path / "run")
+    kept = [r for r in records if r.accepted]
+    assert len(kept) >= 3, "the baseline and at least two edits"
+
+    def mean(record):
+        return statistics.fmean(runs_of(records, record.code_hash))
+
+    gained = sum(r.reward_parts.get("progress", 0.0) for r in records)
+    assert gained == pytest.approx(100 * math.log(mean(kept[0]) / mean(kept[-1])))
+    assert all(r.reward <= 0 for r in records if "progress" not in r.reward_parts)
 
 
 def test_a_loop_stopped_between_a_near_miss_and_its_confirmation_resumes_it(tmp_path):

@@ -147,3 +147,24 @@ def test_the_rollout_is_gae_bootstrapped_from_the_next_state_then_one_ppo_step()
     assert stats[3] == expected
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_finishing_the_episode_updates_on_what_is_stored_with_nothing_to_bootstrap_from():
+    cfg = PPOConfig(num_steps=8, learning_rate=1e-2)
+    obs = np.random.default_rng(1).normal(size=(3, 3)).astype(np.float32)
+    masks = np.ones((3, 5), dtype=bool)
+    a, b = OperatorPolicy(3, 5, seed=2), OperatorPolicy(3, 5, seed=2)
+    with torch.no_grad():
+        actions, logprobs, _, values = a.get_action_and_value(torch.from_numpy(obs))
+    rollout = Rollout(a, cfg)
+    assert rollout.finish() == {}  # nothing stored, nothing to learn
+    for t in range(3):
+        assert rollout.add(obs[t], int(actions[t]), float(logprobs[t]), float(values[t]), 1.0, masks[t],
+                           next_obs=lambda: pytest.fail("a finished episode has no next state")) == {}
+    torch.manual_seed(5)
+    stats = rollout.finish()
+    assert "losses/policy_loss" in stats and rollout.buffer == []
+    batch = make_batch(obs, actions.numpy(), logprobs.numpy(), [1.0] * 3, values.view(-1).numpy(), np.zeros(3),
+                       0.0, 1.0, cfg, masks=masks)
+    torch.manual_seed(5)
+    assert stats == ppo_step(b, batch, make_optimizer(b, cfg), cfg)

@@ -30,6 +30,15 @@ def test_the_iteration_hour_and_gpu_hour_limits_say_which_fired():
     assert StopConditions(gpu_hours=2)(_records([2.5] * 4, device="cpu", seconds=1800), 0) is None
 
 
+def test_the_share_left_is_that_of_the_nearest_limit_and_the_whole_run_without_one():
+    records = _records([2.5] * 4, device="cuda", seconds=1800)  # 2 GPU-hours
+    assert StopConditions().share_left(records, 10**6) == 1.0
+    assert StopConditions(iterations=10).share_left(records, 0) == pytest.approx(0.6)
+    assert StopConditions(iterations=10, hours=1).share_left(records, 2700) == pytest.approx(0.25)
+    assert StopConditions(gpu_hours=8, iterations=100).share_left(records, 0) == pytest.approx(0.75)
+    assert StopConditions(iterations=2).share_left(records, 0) == 0.0  # past the limit reads as none left
+
+
 def test_convergence_needs_a_full_window_of_proposals_and_ignores_re_runs():
     flat = StopConditions(convergence_window=10, convergence_threshold=0.3)
     noise = _records([2.5, 2.5, 2.5], policy=NOISE_POLICY)

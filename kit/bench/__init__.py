@@ -8,6 +8,7 @@
     early_stopping.py  the stop rules and Optuna's pruners replayed on recorded curves
     agents.py          every policy through the unchanged loop, many seeds, on stand-in worlds
     comparison.py      the agents benchmark's measures, paired tests and report
+    pretrain.py        pre-training the PPO policy over research runs on development members of the family
     cli.py             `python -m kit bench …`
 
 The scripts that drive real runs (bench/*.py at the repository's top) and the recorded results live beside them.

@@ -38,6 +38,8 @@ from kit.stopping import StopConditions
 REAL_CHECK = "## Real check on the `cpu` profile (no surrogate)"  # bench/agents_real.py writes this section
 REEVALUATION_SEEDS = tuple(range(10**9, 10**9 + 5))
 """Fresh seeds the final train.py is run under once the loop is done: no loop uses seeds this large."""
+SCRATCH = "ppo-scratch"
+"""The benchmark's name for PPO from random weights (`--policy ppo --from-scratch`); `ppo` starts pre-trained."""
 LOSSES = ("pruned", "rejected", "duplicate", "crash", "timeout")
 """What an experiment can be lost to: stopped early, refused before it ran, a repeat of one already run, failed."""
 
@@ -79,19 +81,10 @@ def run_one(policy: str, seed: int, environment: Environment, experiments: int, 
     run_dir = work / f"{policy}-{seed}"
     started = time.perf_counter()
     world = _Expecting(environment)
-    config = LoopConfig(run_dir=run_dir, profile=profile, policy=policy, seed=seed, budget=budget,
-                        stop=StopConditions(iterations=experiments + noise_repeats), noise_repeats=noise_repeats)
-    pauses, recorded = -1, -1
-    # three failures in a row pause the loop; a user would look and run it again, and so does the benchmark, so that
-    # every policy gets its experiments (a resume that adds nothing ends it)
-    while recorded < config.stop.iterations:
-        with contextlib.redirect_stdout(io.StringIO()):
-            run_loop(config, environment=world)
-        with Ledger(run_dir, readonly=True) as ledger:
-            records = ledger.records()
-        if len(records) == recorded:
-            break
-        pauses, recorded = pauses + 1, len(records)
+    config = LoopConfig(run_dir=run_dir, profile=profile, policy="ppo" if policy == SCRATCH else policy, seed=seed,
+                        budget=budget, from_scratch=policy == SCRATCH, noise_repeats=noise_repeats,
+                        stop=StopConditions(iterations=experiments + noise_repeats))
+    records, pauses = run_to_end(config, world)
     wall = time.perf_counter() - started
     noise = [r for r in records if r.policy == NOISE_POLICY]
     agent = [r for r in records if r.policy != NOISE_POLICY]
@@ -120,6 +113,22 @@ def run_one(policy: str, seed: int, environment: Environment, experiments: int, 
                       next((r.val_bpb for r in noise if r.val_bpb is not None), math.nan), baseline_worth,
                       reevaluate(environment, final, run_dir / "reevaluation"), wall, statuses, losses,
                       float(np.mean(unsure)) if unsure else math.nan, sum(r.accepted for r in agent), pauses)
+
+
+def run_to_end(config: LoopConfig, environment: Environment) -> tuple[list, int]:
+    """The loop of config, quietly, until its iteration limit: three failures in a row pause it, and a user would
+    look and run it again, and so does this, so that every policy gets its experiments (a resume that adds nothing
+    ends it). The ledger's records, and how many times it paused."""
+    pauses, recorded, records = -1, -1, []
+    while recorded < config.stop.iterations:
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_loop(config, environment=environment)
+        with Ledger(config.run_dir, readonly=True) as ledger:
+            records = ledger.records()
+        if len(records) == recorded:
+            break
+        pauses, recorded = pauses + 1, len(records)
+    return records, pauses
 
 
 def reevaluate(environment: Environment, source: str, run_dir: Path) -> float:

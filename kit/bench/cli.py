@@ -3,6 +3,7 @@
     python -m kit bench record --profile cpu --runs N [--design] [--out data/curves-cpu.jsonl.gz]
     python -m kit bench early-stopping [--curves data/curves-cpu.jsonl.gz] [--orders 50]
     python -m kit bench agents [--environment family,replay,tabular,synthetic] [--seeds 20] [--experiments 300]
+    python -m kit bench pretrain [--episodes 200] [--seed 0]
 
 Owns: their arguments, one-line errors for bad input, and the reports' headers (what was measured, how, where).
 Does not own: the benchmarks (the modules beside this one).
@@ -27,8 +28,10 @@ CACHE = REPO_ROOT / "bench" / ".cache"
 WORLDS = ("family", "replay", "tabular", "synthetic")
 NO_CURVES = "record some with `python -m kit bench record --profile cpu --runs 150`"
 NO_DESIGN = "record a design with `python -m kit bench record --profile cpu --design --runs 200`"
-# what the agents benchmark can run: every policy that needs nothing beyond the loop (no model, no endpoint)
-BENCHABLE = tuple(name for name, entry in REGISTRY.items() if not entry.needs)
+# what the agents benchmark can run: every policy that needs nothing beyond the loop (no model, no endpoint), and
+# PPO from scratch beside the pre-trained one
+BENCHABLE = tuple(n for name, entry in REGISTRY.items() if not entry.needs
+                  for n in ((name, "ppo-scratch") if name == "ppo" else (name,)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
     agents = benches.add_parser("agents", help="every policy through the loop, many seeds, on stand-in worlds; write "
                                 "bench/agents.md and a plot")
-    agents.add_argument("--environment", default="family,replay", help="comma-separated worlds: family (held-out "
-                        "members of the synthetic family, one per seed), replay (a surrogate of recorded runs), "
-                        "tabular (the nearest cell of a recorded design), synthetic (the easy catalog-shaped one)")
+    agents.add_argument("--environment", default="family,replay,tabular", help="comma-separated worlds: family "
+                        "(held-out members of the synthetic family, one per seed), replay (a surrogate of recorded "
+                        "runs), tabular (the nearest cell of a recorded design), synthetic (the easy "
+                        "catalog-shaped one)")
     agents.add_argument("--curves", type=Path, default=CURVES)
     agents.add_argument("--design", type=Path, default=DESIGN, help="the tabular world's recording")
     agents.add_argument("--policies", default=",".join(BENCHABLE), help="comma-separated")
@@ -75,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     agents.add_argument("--cache", type=Path, default=CACHE, help="where each finished run is kept, by world and "
                         "code, so that an interrupted benchmark resumes (default: bench/.cache)")
     agents.set_defaults(run=_agents)
+
+    pre = benches.add_parser("pretrain", help="pre-train the PPO policy over research runs on development members of "
+                             "the synthetic family; write the weights `--policy ppo` starts from, and a report")
+    pre.add_argument("--episodes", type=positive_int, default=200, help="research runs to learn from (default: 200)")
+    pre.add_argument("--seed", type=int, default=0, help="the same seed makes the same weights")
+    pre.add_argument("--out", type=Path, default=None, help="default: the shipped kit/policies/ppo_pretrained.pt")
+    pre.add_argument("--report", type=Path, default=REPO_ROOT / "bench" / "pretrain.md")
+    pre.set_defaults(run=_pretrain)
     return parser
 
 
@@ -124,6 +136,8 @@ def _agents(args: argparse.Namespace) -> int:
     names = [w.strip() for w in args.environment.split(",") if w.strip()]
     if not names or any(w not in WORLDS for w in names):
         raise UsageError(f"--environment takes one or more of {', '.join(WORLDS)}; got {args.environment!r}")
+    if args.cache.exists() and not args.cache.is_dir():
+        raise UsageError(f"--cache {args.cache} is a file: give a folder (it is made if missing)")
     baseline = (REPO_ROOT / "train.py").read_text()
     built = [build_world(name, baseline, args) for name in names]  # every world first: a bad one fails before hours run
     caches = [_cache(args, name) for name in names]  # named by the code as it is now, before anything runs
@@ -148,6 +162,31 @@ def _agents(args: argparse.Namespace) -> int:
               "each re-run. Seed i of every policy meets the same world, so results pair by seed."]
     out = comparison.write_report(worlds, args.out, header)
     print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    import torch
+
+    from kit.bench.pretrain import PretrainConfig, pretrain, write_report
+    from kit.policies import pretrained
+
+    out = args.out or pretrained.WEIGHTS
+    if out.is_dir() or not out.parent.is_dir():
+        raise UsageError(f"--out {out}: give a file in an existing folder")
+    config = PretrainConfig(episodes=args.episodes, seed=args.seed)
+    torch.set_num_threads(1)  # the network is small: one thread is faster here, and the same on every machine
+    started, cpu = time.perf_counter(), time.process_time()
+    summaries = pretrain(config, out)
+    minutes, cpu_minutes = (time.perf_counter() - started) / 60, (time.process_time() - cpu) / 60
+    command = f"python -m kit bench pretrain --episodes {args.episodes} --seed {args.seed}"
+    size = out.stat().st_size / 1024
+    header = (f"Made by `{command}` on {platform.machine()} with {os.cpu_count()} cores, "
+              f"{time.strftime('%Y-%m-%d')}, in {minutes:.1f} minutes, of which this process computed "
+              f"{cpu_minutes:.1f} (on one core: the two differ when other work shared the machine); the weights, "
+              f"{out.name}, take {size:.0f} KiB.")
+    report = write_report(summaries, args.report, header)
+    print(f"wrote {out} and {report}")
     return 0
 
 

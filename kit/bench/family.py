@@ -69,7 +69,7 @@ class FamilyConfig:
             raise ValueError(f"need important >= {len(COUPLED)}, points >= 2, budget > 0, got {self}")
 
 
-def _value_at(knob: Hyperparameter, u: float) -> Any:
+def value_at(knob: Hyperparameter, u: float) -> Any:
     """The knob's value at normalized position u (the inverse of Hyperparameter.normalized)."""
     u = min(max(u, 0.0), 1.0)
     x = knob.low * (knob.high / knob.low) ** u if knob.log_scale else knob.low + u * (knob.high - knob.low)
@@ -113,7 +113,7 @@ class SyntheticFamily:
         self._size0 = self._size({k.name: k.value for k in knobs.values()})
         best_choice = min(self._offsets, key=self._offsets.get)
         self.optimum = self.floor + self._offsets[best_choice]
-        self.optimum_values = {name: _value_at(knobs[name], float(u)) for name, u in zip(self.names, self._target,
+        self.optimum_values = {name: value_at(knobs[name], float(u)) for name, u in zip(self.names, self._target,
                                                                                           strict=True)}
         self.optimum_values[self.choice.name] = best_choice
 

@@ -2,6 +2,7 @@
 
     base.py      State, Proposal, Outcome, Setup and Policy (the protocol and its defaults)
     operator.py  ppo: an actor-critic that picks one catalog edit, trained with PPO (the default)
+    pretrained.py  the ppo policy's shipped pre-trained weights and what they expect of a run
     search.py    random, greedy
     samplers.py  tpe, cmaes, gp: Optuna's samplers over every ranged knob
     hybrid.py    cmaes-llm: CMA-ES, with an LLM overriding a share of its proposals

@@ -39,6 +39,7 @@ class State:
     observation: np.ndarray  # float32 features: concat(config vector, memory observation)
     knobs: list[Hyperparameter]  # the ranged hyperparameters of source, with their current values
     memory: Memory | None = None  # the loop's memory (language-model policies render it into their prompt)
+    incumbent: float | None = None  # the mean val_bpb of the train.py to beat (None before the noise floor)
 
 
 @dataclass
@@ -80,6 +81,8 @@ class Setup:
     seed: int = 0
     edit_features: tuple[np.ndarray, np.ndarray] | None = None  # kit.edits.edit_features: what each edit is
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    from_scratch: bool = False  # ppo: random initial weights, not the shipped pre-trained ones
+    reward: str = "progress"  # the reward the policy learns from (kit/reward.py): pre-trained weights expect theirs
     lm_model: str | None = None  # the lm policy's causal LM: a local path or a hub name
     llm_url: str | None = None  # the llm proposer's OpenAI-compatible endpoint
     llm_model: str | None = None  # the model name that endpoint serves

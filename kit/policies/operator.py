@@ -2,8 +2,10 @@
 
 Owns: `OperatorPolicy`, CleanRL's actor-critic shape (orthogonal init, tanh layers, a critic over the observation)
 with a masked categorical head over the catalog whose logits come from shared edit features, and its rollout
-(kit.ppo.Rollout: one update every num_steps proposals).
-Does not own: the update rule (kit/ppo.py), the features (kit.edits.edit_features) or the reward (kit/reward.py).
+(kit.ppo.Rollout: one update every num_steps proposals). It starts from the shipped pre-trained weights
+(kit/policies/pretrained.py) and goes on learning in the run, or, from scratch, from random ones.
+Does not own: the update rule (kit/ppo.py), the features (kit.edits.edit_features), the reward (kit/reward.py) or
+the pre-training (kit/bench/pretrain.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Categorical
 
+from kit.policies import pretrained
 from kit.policies.base import Outcome, Policy, Proposal, Setup, State, edit_proposal, valid_actions
 from kit.ppo import PPOConfig, Rollout
 
@@ -25,6 +28,15 @@ def _layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float =
     return layer
 
 
+HISTORY = ("effect", "recency")
+"""What the policy remembers of each edit it tried in this run: how its latest trial went against the incumbent of
+the time, tanh(EFFECT_SCALE * log(incumbent / val_bpb)), -1 for a failure; and how recent that trial was,
+exp(-proposals since / RECENCY), 0 if never tried. Edits are relative moves, so what one did on one train.py says
+something about it on the next: this is what lets a policy learn, before the run, how to search within it."""
+EFFECT_SCALE = 10.0  # a 5 % gain reads about 0.46
+RECENCY = 32.0
+
+
 class OperatorPolicy(nn.Module, Policy):
     """CleanRL-style actor-critic over the catalog: the critic is a tanh MLP over the observation; the actor scores
     every edit with one shared tanh MLP over (the state's embedding, the edit's features, where its knob stands now).
@@ -33,7 +45,10 @@ class OperatorPolicy(nn.Module, Policy):
     incumbent (a repeat is a duplicate), so a head with one free logit per edit would learn nothing it can reuse,
     while features (knob, kind, signed size of the move; kit.edits.edit_features) carry "raising this learning rate
     paid" over to the other edits that raise it. Without edit features each edit is its own one-hot feature, which
-    is the plain categorical head."""
+    is the plain categorical head.
+
+    The scorer also reads the policy's memory of each edit in this run (HISTORY), which the policy appends to the
+    observation it acts on and stores; a network input of the observation alone reads as an empty memory."""
 
     name = "ppo"
     edits_catalog = True
@@ -65,32 +80,63 @@ class OperatorPolicy(nn.Module, Policy):
                                         _layer_init(nn.Linear(h, h)), nn.Tanh(), _layer_init(nn.Linear(h, 1), std=1.0))
             self.state_net = nn.Sequential(_layer_init(nn.Linear(observation_size, h)), nn.Tanh(),
                                            _layer_init(nn.Linear(h, h)), nn.Tanh())
-            self.edit_net = nn.Sequential(_layer_init(nn.Linear(edit_features.shape[1] + 1, h)), nn.Tanh(),
-                                          _layer_init(nn.Linear(h, h), std=actor_init_std))
+            self.edit_net = nn.Sequential(_layer_init(nn.Linear(edit_features.shape[1] + 1 + len(HISTORY), h)),
+                                          nn.Tanh(), _layer_init(nn.Linear(h, h), std=actor_init_std))
         self.register_buffer("edit_features", torch.from_numpy(edit_features))
         self.register_buffer("edit_knobs", torch.from_numpy(edit_knobs))
         self.observation_size, self.catalog_size = observation_size, catalog_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.rollout = Rollout(self, ppo or PPOConfig())
+        self.rollout = Rollout(self, ppo or PPOConfig(), generator=self.generator)  # a seed fixes its updates too
+        self.forget()
 
     @classmethod
     def build(cls, setup: Setup) -> OperatorPolicy:
+        """The policy, starting from the shipped pre-trained weights unless setup.from_scratch."""
         features, knob_index = setup.edit_features if setup.edit_features is not None else (None, None)
-        return cls(setup.observation_size, len(setup.catalog), seed=setup.seed, edit_features=features,
-                   edit_knobs=knob_index, ppo=setup.ppo)
+        policy = cls(setup.observation_size, len(setup.catalog), seed=setup.seed, edit_features=features,
+                     edit_knobs=knob_index, ppo=setup.ppo)
+        if not setup.from_scratch:
+            policy.start_from(pretrained.WEIGHTS, pretrained.signature(setup.knobs, setup.catalog,
+                                                                       setup.observation_size, setup.reward))
+        return policy
+
+    def start_from(self, path, expects: str) -> dict:
+        """Take the weights saved at path (kit/policies/pretrained.py) if they were made for what `expects` says;
+        how they were made. The sampling generator and the optimizer start afresh."""
+        parameters, about = pretrained.load(path, expects)
+        own = dict(self.named_parameters())
+        if sorted(parameters) != sorted(own) or any(parameters[n].shape != p.shape for n, p in own.items()):
+            raise pretrained.WeightsMismatch(f"the weights in {path} are of another network shape; run with "
+                                             "--from-scratch, or pre-train again with `python -m kit bench pretrain`")
+        with torch.no_grad():
+            for name, p in own.items():
+                p.copy_(parameters[name])
+        return about
+
+    def parameters_to_save(self) -> dict[str, torch.Tensor]:
+        """The weights alone (no generator, no optimizer): what kit/policies/pretrained.py ships."""
+        return {name: p.detach().clone() for name, p in self.named_parameters()}
 
     # the network ----------------------------------------------------------------------------------------------
 
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(observation, memory of each edit (batch, catalog_size, len(HISTORY))) of a network input."""
+        obs, memory = x[:, :self.observation_size], x[:, self.observation_size:]
+        if memory.shape[1] == 0:
+            return obs, x.new_zeros(x.shape[0], self.catalog_size, len(HISTORY))
+        return obs, memory.reshape(x.shape[0], self.catalog_size, len(HISTORY))
+
     def actor(self, x: torch.Tensor) -> torch.Tensor:
         """Logits over the catalog, shape (batch, catalog_size)."""
+        obs, memory = self._split(x)
         batch, n = x.shape[0], self.catalog_size
         features = self.edit_features[None].expand(batch, n, -1)
-        where = x[:, self.edit_knobs.clamp(min=0)] * (self.edit_knobs >= 0)  # the knob's normalized value now
-        edits = self.edit_net(torch.cat([features, where[..., None]], dim=-1))  # (batch, n, h)
-        return (edits * self.state_net(x)[:, None, :]).sum(-1)
+        where = obs[:, self.edit_knobs.clamp(min=0)] * (self.edit_knobs >= 0)  # the knob's normalized value now
+        edits = self.edit_net(torch.cat([features, where[..., None], memory], dim=-1))  # (batch, n, h)
+        return (edits * self.state_net(obs)[:, None, :]).sum(-1)
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
-        return self.critic(x)
+        return self.critic(self._split(x)[0])
 
     def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None,
                              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
@@ -104,7 +150,33 @@ class OperatorPolicy(nn.Module, Policy):
             # sample on the CPU generator, so a seed fixes the proposals on any device
             action = torch.multinomial(probs.probs.detach().cpu(), 1, generator=self.generator).view(-1)
             action = action.to(logits.device)
-        return action, probs.log_prob(action), probs.entropy(), self.critic(x)
+        return action, probs.log_prob(action), probs.entropy(), self.get_value(x)
+
+    # the memory of this run's edits --------------------------------------------------------------------------
+
+    def forget(self) -> None:
+        """An empty memory of edits, as at the start of a run."""
+        self.effect = np.zeros(self.catalog_size, dtype=np.float32)
+        self.tried_at = np.full(self.catalog_size, -1, dtype=np.int64)
+        self.proposals = 0
+
+    def remembering(self, observation: np.ndarray) -> np.ndarray:
+        """The network input: the observation, then the memory of each edit (HISTORY)."""
+        tried = self.tried_at >= 0
+        recency = np.where(tried, np.exp(-(self.proposals - self.tried_at) / RECENCY), 0.0)
+        memory = np.stack([self.effect, recency], axis=1).astype(np.float32)
+        return np.concatenate([np.asarray(observation, dtype=np.float32).reshape(-1), memory.reshape(-1)])
+
+    def _remember(self, outcome: Outcome) -> None:
+        self.proposals += 1
+        if outcome.duplicate:  # never run: it says nothing new about the edit
+            return
+        action, incumbent, value = outcome.proposal.action, outcome.state.incumbent, outcome.val_bpb
+        if value is None or not value > 0:
+            self.effect[action] = -1.0
+        else:
+            self.effect[action] = math.tanh(EFFECT_SCALE * math.log(incumbent / value)) if incumbent else 0.0
+        self.tried_at[action] = self.proposals
 
     # the protocol ---------------------------------------------------------------------------------------------
 
@@ -115,7 +187,7 @@ class OperatorPolicy(nn.Module, Policy):
         if np.size(state.observation) != self.observation_size:
             raise ValueError(f"the policy was built for observations of {self.observation_size} features, got "
                              f"{np.size(state.observation)=}")
-        obs = torch.as_tensor(np.asarray(state.observation, dtype=np.float32)).reshape(1, -1)
+        obs = torch.as_tensor(self.remembering(state.observation)).reshape(1, -1)
         mask = torch.zeros(1, self.catalog_size, dtype=torch.bool)
         mask[0, torch.as_tensor(valid)] = True
         device = next(self.parameters()).device
@@ -128,8 +200,10 @@ class OperatorPolicy(nn.Module, Policy):
         p = outcome.proposal
         if p.action is None:
             return {}
-        return self.rollout.add(outcome.state.observation, p.action, p.logprob, p.value, outcome.reward,
-                                outcome.state.mask, outcome.next_observation)
+        acted_on = self.remembering(outcome.state.observation)  # as it proposed: the memory changes only now
+        self._remember(outcome)
+        return self.rollout.add(acted_on, p.action, p.logprob, p.value, outcome.reward, outcome.state.mask,
+                                lambda: self.remembering(outcome.next_observation()))
 
     def checkpoint(self) -> dict:
         return {"policy": self.state_dict(), **self.rollout.state_dict()}
@@ -139,7 +213,12 @@ class OperatorPolicy(nn.Module, Policy):
         self.rollout.load_state_dict(saved)
 
     def get_extra_state(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "effect": self.effect.tolist(),
+                "tried_at": self.tried_at.tolist(), "proposals": self.proposals}
 
     def set_extra_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        if "effect" in state:
+            self.effect = np.asarray(state["effect"], dtype=np.float32)
+            self.tried_at = np.asarray(state["tried_at"], dtype=np.int64)
+            self.proposals = int(state["proposals"])

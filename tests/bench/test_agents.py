@@ -130,6 +130,10 @@ def test_cli_refuses_bad_policies_worlds_and_missing_curves(tmp_path: Path, caps
     assert "record some" in capsys.readouterr().err
     assert main(["bench", "agents", "--environment", "tabular", "--design", str(tmp_path / "none.jsonl.gz")]) == 2
     assert "--design" in capsys.readouterr().err
+    (tmp_path / "cache").write_text("not a folder")
+    assert main(["bench", "agents", "--environment", "synthetic", "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file: give a folder" in err and err.count("\n") == 1
 
 
 def test_a_loop_that_pauses_after_failures_is_resumed_until_it_has_its_experiments(tmp_path: Path):

@@ -1,6 +1,7 @@
 """kit.policies.operator: the actor-critic masks, leaves the global RNG alone, shares what one edit taught with its
 kin, learns from its rollout every num_steps outcomes, and beats random search on a small edit world."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -135,3 +136,26 @@ def test_edit_features_carry_what_one_edit_taught_over_to_its_kin():
 def test_operator_policy_refuses_features_of_the_wrong_shape():
     with pytest.raises(ValueError, match="edit_features"):
         OperatorPolicy(3, 3, edit_features=np.zeros((2, 4)), edit_knobs=[0, 0])
+
+
+def test_the_policy_remembers_how_each_edit_went_in_this_run_and_reads_it():
+    policy = OperatorPolicy(3, len(CATALOG), seed=0, ppo=PPOConfig(num_steps=64))
+    state = dataclasses.replace(state_of(np.array([3, 3, 3])), incumbent=2.0)
+    empty = policy.remembering(state.observation)
+    assert empty.shape == (3 + 2 * len(CATALOG),) and not empty[3:].any()  # nothing tried yet
+    first, second = policy.propose(state), policy.propose(state)
+    tell(policy, state, first, 1.9)  # better than the incumbent of the time
+    tell(policy, state, second, None)  # failed
+    memory = policy.remembering(state.observation)[3:].reshape(len(CATALOG), 2)
+    if first.action != second.action:
+        assert memory[first.action, 0] == pytest.approx(math.tanh(10 * math.log(2.0 / 1.9)))
+        assert memory[first.action, 1] == pytest.approx(math.exp(-1 / 32))  # one proposal ago
+    assert memory[second.action, 0] == -1.0 and memory[second.action, 1] == 1.0
+    assert not np.delete(memory, [first.action, second.action], axis=0).any()
+    x = torch.as_tensor(policy.remembering(state.observation))[None]
+    assert not torch.allclose(policy.actor(x), policy.actor(x[:, :3]))  # the scorer reads it
+    resumed = OperatorPolicy(3, len(CATALOG), seed=5)
+    resumed.restore(policy.checkpoint())
+    np.testing.assert_array_equal(resumed.remembering(state.observation), policy.remembering(state.observation))
+    policy.forget()
+    np.testing.assert_array_equal(policy.remembering(state.observation), empty)

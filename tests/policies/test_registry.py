@@ -58,7 +58,7 @@ def test_make_policy_builds_every_named_policy():
     for name in POLICIES:
         if REGISTRY[name].needs:  # built from a model or an endpoint: tests/policies/test_lm.py, test_llm.py
             continue
-        assert make_policy(name, Setup(catalog=CATALOG, knobs=knobs, observation_size=3)).name == name
+        assert make_policy(name, Setup(catalog=CATALOG, knobs=knobs, observation_size=3, from_scratch=True)).name == name
     with pytest.raises(ValueError, match="--lm-model"):
         make_policy("lm", Setup(catalog=CATALOG, knobs=knobs, observation_size=3))
     with pytest.raises(ValueError, match="--llm-url"):
