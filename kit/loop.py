@@ -160,6 +160,9 @@ class ResearchLoop:
 
         self.config, self.on_event = config, on_event
         self.environment = environment  # the real harness, or a synthetic or replayed world (kit/bench/)
+        if config.reward.noise_free and not hasattr(environment, "expected_bpb"):
+            raise ValueError("the noise-free reward needs a simulated world that knows each train.py's noise-free "
+                             "val_bpb (kit/bench/family.py); a real run measures: leave RewardConfig.noise_free off")
         self.budget = float(config.budget or prepare.get_profile(config.profile).time_budget)
         self.frozen_seed = prepare.get_profile(config.profile).seed
         self.run_dir = Path(config.run_dir).resolve()
@@ -264,9 +267,10 @@ class ResearchLoop:
             predictions, predicted = [d.to_json() for d in watch.decisions], watch.last_prediction
         timer = time.perf_counter()
         # 4. keep it (a commit), run it again (a near miss) or drop it, and score it
+        incumbent = self.source
         decision = self._decide(self.config.policy, result, candidate, description)
         if error is None and not duplicate:
-            reward = self._reward(result, decision, [result.val_bpb], predicted=predicted)
+            reward = self._reward(result, decision, [result.val_bpb], (incumbent, candidate), predicted=predicted)
         # 5. the policy learns what became of it, once it is settled (a near miss after its re-runs: _confirm); a
         # pruned run's forecast stands in for the end it never reached (without it TPE and CMA-ES would see only
         # failures wherever early stopping works)
@@ -310,11 +314,12 @@ class ResearchLoop:
         result, _ = measured
         if result.status is Status.OK and (why := self._seed_ignored(result, near.source)):
             result = dataclasses.replace(result, status=Status.TAMPERED, val_bpb=None, reason=why)
+        incumbent = self.source
         decision = self._decide(CONFIRM_POLICY, result, near.source, near.description)
         self._witness(near.source, result)
         values = near.values + ([result.val_bpb] if result.status is Status.OK else [])
         mean = sum(values) / len(values) if values else float("nan")
-        reward = self._reward(result, decision, values, rerun=True)
+        reward = self._reward(result, decision, values, (incumbent, near.source), rerun=True)
         stats = self._settle(decision, reward)
         self._record(result, decision, policy=CONFIRM_POLICY, source=near.source,
                      description=f"{near.description} (run {len(values)} of at most {1 + self.config.confirm_runs}, "
@@ -335,13 +340,18 @@ class ResearchLoop:
         self._save_policy()
         return stats
 
-    def _reward(self, result: RunResult, decision: Decision, runs: list[float | None], predicted: float | None = None,
-                rerun: bool = False) -> Reward:
-        """What a run earns: a kept one the gain of the incumbent's mean (before, against the mean of its runs)."""
+    def _reward(self, result: RunResult, decision: Decision, runs: list[float | None], sources: tuple[str, str],
+                predicted: float | None = None, rerun: bool = False) -> Reward:
+        """What a run earns: a kept one the gain of the incumbent's mean (before, against the mean of its runs), or
+        with RewardConfig.noise_free the world's noise-free gain from sources (the incumbent before, the run's)."""
         before = self.state.incumbent_mean
         gain = 0.0
         if decision.verdict is Verdict.KEEP and before is not None:
-            gain = max(0.0, math.log(before / statistics.fmean(runs)))
+            if self.config.reward.noise_free:
+                worth = self.environment.expected_bpb
+                gain = max(0.0, math.log(worth(sources[0]) / worth(sources[1])))
+            else:
+                gain = max(0.0, math.log(before / statistics.fmean(runs)))
         return compute_reward(result.status.value, result.val_bpb, before, result.total_seconds, self.budget,
                               list(result.curve), predicted=predicted, config=self.config.reward, gain=gain,
                               rerun=rerun)

@@ -8,8 +8,9 @@ gain_scale * log(incumbent mean before / its own mean), the confirmed gain; ever
 compute_cost per budget's worth of seconds it took; a worse run earns nothing else. A near miss's re-runs pay their
 compute, and the one that confirms the keep earns the gain, so the proposal is told the sum once it is settled.
 Summed over a research run this is gain_scale * log(baseline / the incumbent it ends with) less the compute spent:
-the objective itself, so the policy's returns are not discounted (kit.ppo.PPOConfig.gamma = 1) and an episode is
-one research run.
+the objective itself, and an episode is one research run. PPO discounts it all the same (kit.ppo.PPOConfig.gamma =
+0.9, about ten experiments ahead): an edit caused its own gain and perhaps the next few, while crediting it with the
+whole rest of the run left the critic unable to predict anything (bench/pretrain.md).
 
 `composite` is the source's: a finished (`ok`) run earns
 
@@ -47,6 +48,11 @@ class RewardConfig:
     """progress: the confirmed gain of the incumbent, less the compute spent; composite: the source's reward."""
     gain_scale: float = 100.0
     """progress: the factor on log(incumbent before / after), so a kept 1 % gain earns about 1."""
+    noise_free: bool = False
+    """progress, on a simulated world that knows each train.py's noise-free val_bpb (kit/bench/): a kept run earns
+    the gain that is really there, log(noise-free val_bpb of the incumbent before / of the kept train.py) and nothing
+    when noise fooled the acceptance rule, not the measured one. Pre-training (kit/bench/pretrain.py) uses it, so the
+    policy learns what helps rather than what was lucky; a real run measures, and cannot."""
     compute_cost: float = 0.01
     """progress: what a run of one budget's length costs (a hundredth of a 1 % gain): with it, of two ways to the
     same gain the cheaper one earns more, and it is too small to make a hopeless, quickly stopped run worth

@@ -326,3 +326,25 @@ def test_a_run_slower_than_earlier_runs_of_its_code_is_contended_and_run_again(t
     assert all(r.policy == NOISE_POLICY for r in ran) and ran[1].seed == ran[2].seed
     assert ran[1].reason.startswith("made 20 steps/s, 40% of the 50 its 1 earlier run(s) made (under 75%)")
     assert "it would have been ok, val_bpb 2.500000" in ran[1].reason
+
+
+def test_the_noise_free_reward_pays_each_kept_edit_the_gain_the_world_knows_is_there(tmp_path):
+    from kit.bench.family import FamilyConfig, SyntheticFamily
+    from kit.reward import RewardConfig
+
+    world, sources = SyntheticFamily(TRAIN_PY.read_text(), FamilyConfig(member=3)), {}
+
+    def remembering(source, run_dir, config, monitor=None):
+        sources[code_hash(source)] = source
+        return world(source, run_dir, config, monitor=monitor)
+
+    remembering.expected_bpb = world.expected_bpb
+    run_loop(loop_config(tmp_path, iterations=40, policy="greedy", budget=60.0,
+                         reward=RewardConfig(noise_free=True)), environment=remembering)
+    kept = [r for r in ledger_records(tmp_path / "run") if r.accepted]
+    assert len(kept) >= 2, "the baseline and at least one edit"
+    for before, after in zip(kept, kept[1:], strict=False):
+        truth = math.log(world.expected_bpb(sources[before.code_hash]) / world.expected_bpb(sources[after.code_hash]))
+        assert after.reward_parts.get("progress", 0.0) == pytest.approx(100 * max(0.0, truth))
+    with pytest.raises(ValueError, match="noise-free"):
+        run_loop(loop_config(tmp_path / "real", iterations=1, reward=RewardConfig(noise_free=True)))

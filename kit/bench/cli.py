@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0, help="the same seed makes the same weights")
     pre.add_argument("--out", type=Path, default=None, help="default: the shipped kit/policies/ppo_pretrained.pt")
     pre.add_argument("--report", type=Path, default=REPO_ROOT / "bench" / "pretrain.md")
+    pre.add_argument("--validate", type=int, default=16, help="then run the shipped weights, PPO from scratch and "
+                     "the peers on this many validation members (0: none; only with the shipped --out)")
+    pre.add_argument("--validate-experiments", type=positive_int, default=100)
+    pre.add_argument("--jobs", type=positive_int, default=1, help="worker processes of the validation")
     pre.set_defaults(run=_pretrain)
     return parser
 
@@ -168,12 +172,15 @@ def _agents(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     import torch
 
-    from kit.bench.pretrain import PretrainConfig, pretrain, write_report
+    from kit.bench.pretrain import VALIDATION, PretrainConfig, pretrain, validate, write_report
     from kit.policies import pretrained
 
     out = args.out or pretrained.WEIGHTS
     if out.is_dir() or not out.parent.is_dir():
         raise UsageError(f"--out {out}: give a file in an existing folder")
+    if not 0 <= args.validate <= len(VALIDATION) or (args.validate and out.resolve() != pretrained.WEIGHTS.resolve()):
+        raise UsageError(f"--validate takes 0 to {len(VALIDATION)} members, and only with the shipped --out (the "
+                         f"loop's ppo loads those weights); got --validate {args.validate} --out {out}")
     config = PretrainConfig(episodes=args.episodes, seed=args.seed)
     torch.set_num_threads(1)  # the network is small: one thread is faster here, and the same on every machine
     started, cpu = time.perf_counter(), time.process_time()
@@ -182,10 +189,17 @@ def _pretrain(args: argparse.Namespace) -> int:
     command = f"python -m kit bench pretrain --episodes {args.episodes} --seed {args.seed}"
     size = out.stat().st_size / 1024
     header = (f"Made by `{command}` on {platform.machine()} with {os.cpu_count()} cores, "
-              f"{time.strftime('%Y-%m-%d')}, in {minutes:.1f} minutes, of which this process computed "
+              f"{time.strftime('%Y-%m-%d')}: pre-training took {minutes:.1f} minutes, of which this process computed "
               f"{cpu_minutes:.1f} (on one core: the two differ when other work shared the machine); the weights, "
               f"{out.name}, take {size:.0f} KiB.")
-    report = write_report(summaries, args.report, header)
+    validation = None
+    if args.validate:
+        started = time.perf_counter()
+        validation = validate(args.validate, args.validate_experiments, jobs=args.jobs)
+        header = header.replace(f"{command}`", f"{command} --validate {args.validate} --validate-experiments "
+                                f"{args.validate_experiments} --jobs {args.jobs}`")
+        header += f" The validation below took {(time.perf_counter() - started) / 60:.1f} minutes more."
+    report = write_report(summaries, args.report, header, validation=validation)
     print(f"wrote {out} and {report}")
     return 0
 

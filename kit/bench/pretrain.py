@@ -8,8 +8,10 @@ order, each starting from the weights, optimizer and sampling generator the one 
 kit.ppo.Rollout.finish: a research run is the episode), and writing the weights (kit/policies/pretrained.py).
 Does not own: the loop (kit/loop.py), the worlds (kit/bench/family.py) or the network (kit/policies/operator.py).
 
-Held out of it: every member the agents benchmark meets (kit/bench/family.held_out_member) and the recorded cpu
-worlds (replay and tabular), so that both judge the weights on worlds they never saw.
+It learns on LEARNING members only; `validate` runs the weights, PPO from scratch and the peers on VALIDATION
+members, where pre-training's settings are chosen. Held out of both: every member the agents benchmark meets
+(kit/bench/family.held_out_member) and the recorded cpu worlds (replay and tabular), so that both judge the weights
+on worlds they never saw.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 import torch
 
 from kit import REPO_ROOT, edits
-from kit.bench.agents import run_to_end
+from kit.bench.agents import run_all, run_to_end
+from kit.bench.comparison import World, measures, paired
 from kit.bench.family import DEVELOPMENT, FamilyConfig, SyntheticFamily, value_at
 from kit.ledger import Ledger
 from kit.loop import POLICY_FILE, LoopConfig
@@ -39,6 +42,9 @@ from kit.run_state import NOISE_POLICY, runs_of
 from kit.stopping import StopConditions
 
 NOISE_REPEATS = 3  # the loop's default noise floor, as every benchmark run has it
+LEARNING = range(DEVELOPMENT.start, DEVELOPMENT.start + 800)
+"""The development members pre-training draws from; the rest of DEVELOPMENT judge its settings (validation)."""
+VALIDATION = range(LEARNING.stop, DEVELOPMENT.stop)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class PretrainConfig:
     """Share of the baseline's numeric knobs an episode's start moves."""
     spread: float = 0.1
     """Standard deviation of such a move, in the knob's normalized [0, 1] coordinate."""
+    noise_free: bool = True
+    """Pay kept edits the world's noise-free gain (kit.reward.RewardConfig.noise_free), not the measured one."""
 
     def __post_init__(self) -> None:
         low, high = self.experiments
@@ -92,7 +100,7 @@ def draw_episode(index: int, baseline: str, config: PretrainConfig) -> Episode:
     """Episode `index` of the prior: a development member built around a start that moves some of the baseline's
     numeric knobs a little (learning rates only downwards of the top third of their range, so the start trains)."""
     rng = np.random.default_rng([0x9E7, config.seed, index])
-    member = int(rng.integers(DEVELOPMENT.start, DEVELOPMENT.stop))
+    member = int(rng.integers(LEARNING.start, LEARNING.stop))
     values = {}
     for k in edits.knobs(baseline):
         if k.low is None or k.kind not in ("int", "float") or not k.high > k.low or rng.random() >= config.moved:
@@ -116,7 +124,8 @@ def pretrain(config: PretrainConfig, out: Path = pretrained.WEIGHTS, baseline: s
     with tempfile.TemporaryDirectory(prefix="pretrain-", dir=scratch) as work:
         for index in range(config.episodes):
             episode = draw_episode(index, baseline, config)
-            checkpoint, summary = run_episode(episode, checkpoint, Path(work), config.seed, ppo)
+            checkpoint, summary = run_episode(episode, checkpoint, Path(work), config.seed, ppo,
+                                              RewardConfig(noise_free=config.noise_free))
             summaries.append(summary)
             recent = summaries[-20:]
             log(f"episode {index + 1}/{config.episodes}: member {episode.member}, {episode.experiments} experiments "
@@ -133,8 +142,8 @@ def pretrain(config: PretrainConfig, out: Path = pretrained.WEIGHTS, baseline: s
     return summaries
 
 
-def run_episode(episode: Episode, checkpoint: dict | None, work: Path, seed: int,
-                ppo: PPOConfig) -> tuple[dict, EpisodeSummary]:
+def run_episode(episode: Episode, checkpoint: dict | None, work: Path, seed: int, ppo: PPOConfig,
+                reward: RewardConfig) -> tuple[dict, EpisodeSummary]:
     """One research run of the loop from the policy in checkpoint (from scratch when None), then the episode's end
     (one last update with nothing to bootstrap from); the policy's checkpoint after it, and what the run did."""
     started = time.perf_counter()
@@ -146,7 +155,7 @@ def run_episode(episode: Episode, checkpoint: dict | None, work: Path, seed: int
     train_py.write_text(episode.start)
     world = SyntheticFamily(episode.start, FamilyConfig(member=episode.member, budget=episode.budget))
     config = LoopConfig(run_dir=run_dir, profile="smoke", policy="ppo", seed=seed,
-                        budget=episode.budget, train_py=train_py, from_scratch=True, ppo=ppo,
+                        budget=episode.budget, train_py=train_py, from_scratch=True, ppo=ppo, reward=reward,
                         noise_repeats=NOISE_REPEATS,
                         stop=StopConditions(iterations=episode.experiments + NOISE_REPEATS))
     run_to_end(config, world)
@@ -181,7 +190,44 @@ def _policy_of(checkpoint: dict, source: str, ppo: PPOConfig) -> OperatorPolicy:
     return policy
 
 
-def write_report(summaries: list[EpisodeSummary], out: Path, header: str, block: int = 20) -> Path:
+VALIDATION_POLICIES = ("ppo", "ppo-scratch", "greedy", "tpe", "cmaes")
+
+
+def validate(seeds: int, experiments: int, baseline: str | None = None, jobs: int = 1,
+             policies: tuple[str, ...] = VALIDATION_POLICIES, log: Callable[[str], None] = print) -> World:
+    """The shipped weights (`ppo`) against PPO from scratch and the peers on validation members (never drawn for
+    pre-training, nor met by the agents benchmark), seed i on member VALIDATION.start + i: how settings of the
+    pre-training are judged without touching the benchmark's held-out worlds."""
+    baseline = baseline if baseline is not None else (REPO_ROOT / "train.py").read_text()
+    if seeds > len(VALIDATION):
+        raise ValueError(f"there are {len(VALIDATION)} validation members, got {seeds=}")
+
+    def world(seed: int) -> SyntheticFamily:
+        return SyntheticFamily(baseline, FamilyConfig(member=VALIDATION.start + seed))
+
+    runs = run_all(list(policies), seeds, world, experiments, FamilyConfig().budget, log=log, jobs=jobs)
+    return World("validation", f"development members {VALIDATION.start}–{VALIDATION.start + seeds - 1}", runs)
+
+
+def validation_table(world: World) -> str:
+    """Median of each measure per policy, and `ppo` against each other policy (paired, one-sided, Holm)."""
+    chosen = {name: m for name, m in measures(world).items() if not name.startswith("kept, at")}
+    rows = ["| policy | " + " | ".join(chosen) + " |", "|---" * (len(chosen) + 1) + "|"]
+    for policy in world.policies:
+        rows.append(f"| {policy} | " + " | ".join(
+            f"{float(np.median([m(t) for t in world.of(policy)])):.4f}" for m in chosen.values()) + " |")
+    others = [p for p in world.policies if p != "ppo"]
+    rows += ["", "| ppo − other, median paired difference (p, Holm) | " + " | ".join(chosen) + " |",
+             "|---" * (len(chosen) + 1) + "|"]
+    tests = {name: {q.other: q for q in paired(world, m, "ppo", others)} for name, m in chosen.items()}
+    for other in others:
+        rows.append(f"| ppo − {other} | " + " | ".join(
+            f"{tests[name][other].difference:+.4f} ({tests[name][other].p_holm:.2g})" for name in chosen) + " |")
+    return "\n".join(rows)
+
+
+def write_report(summaries: list[EpisodeSummary], out: Path, header: str, block: int = 20,
+                 validation: World | None = None) -> Path:
     """bench/pretrain.md: how the runs went as the policy learned, a block of episodes per row."""
     rows = ["| episodes | experiments | noise-free start | noise-free end | gain (100 × log) | critic's explained "
             "variance |", "|---|---|---|---|---|---|"]
@@ -197,6 +243,13 @@ def write_report(summaries: list[EpisodeSummary], out: Path, header: str, block:
                          "Each episode is one research run of the unchanged loop on a development member of the "
                          "synthetic family (kit/bench/family.py) built around a start whose knobs were moved a little, "
                          "with its own budget and length; the policy goes from each run to the next. Means per block "
-                         "of episodes:", "\n".join(rows)])
+                         "of episodes:", "\n".join(rows)]
+                        + (["## The weights on validation members",
+                            f"{len(validation.of('ppo'))} seeds × {validation.experiments} experiments, seed i on "
+                            f"{validation.description.split('–')[0]} + i (never drawn for pre-training, nor met by "
+                            "the agents benchmark), through the unchanged loop as in bench/agents.md: the noise-free "
+                            "val_bpb of the train.py kept after so many experiments, and the final one re-run under "
+                            "fresh seeds. `ppo` starts from these weights and goes on learning; `ppo-scratch` from "
+                            "random ones.", validation_table(validation)] if validation is not None else []))
     Path(out).write_text(text + "\n")
     return Path(out)

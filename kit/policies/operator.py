@@ -28,11 +28,13 @@ def _layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float =
     return layer
 
 
-HISTORY = ("effect", "recency")
-"""What the policy remembers of each edit it tried in this run: how its latest trial went against the incumbent of
-the time, tanh(EFFECT_SCALE * log(incumbent / val_bpb)), -1 for a failure; and how recent that trial was,
-exp(-proposals since / RECENCY), 0 if never tried. Edits are relative moves, so what one did on one train.py says
-something about it on the next: this is what lets a policy learn, before the run, how to search within it."""
+HISTORY = ("effect", "recency", "knob_effect", "knob_recency")
+"""What the policy remembers of each edit in this run: how its latest trial went against the incumbent of the time,
+tanh(EFFECT_SCALE * log(incumbent / val_bpb)), -1 for a failure; how recent that trial was, exp(-proposals since /
+RECENCY), 0 if never tried; and the same two of the latest trial of any edit of its knob, the effect signed to this
+edit's direction (raising a learning rate that paid reads as a gain for the edits that raise it, a loss for those that
+lower it). Edits are relative moves, so what one did on one train.py says something about it and its siblings on the
+next: this is what lets a policy learn, before the run, how to search within it."""
 EFFECT_SCALE = 10.0  # a 5 % gain reads about 0.46
 RECENCY = 32.0
 
@@ -64,6 +66,7 @@ class OperatorPolicy(nn.Module, Policy):
             raise ValueError(f"OperatorPolicy needs observation_size, catalog_size, hidden_size >= 1 and "
                              f"actor_init_std > 0, got {observation_size=}, {catalog_size=}, {hidden_size=}, "
                              f"{actor_init_std=}")
+        signed = edit_features is not None
         if edit_features is None:
             edit_features = np.eye(catalog_size, dtype=np.float32)
         if edit_knobs is None:
@@ -73,6 +76,9 @@ class OperatorPolicy(nn.Module, Policy):
                 or edit_knobs.max(initial=-1) >= observation_size:
             raise ValueError(f"edit_features needs one row and edit_knobs one observation index (or -1) per edit, "
                              f"got {edit_features.shape=}, {edit_knobs.shape=} for {catalog_size=}")
+        # the direction of each edit's move (the signed size in kit.edits.edit_features), 1 for a set or a toggle
+        self.direction = np.where(edit_features[:, -2] < 0, -1.0, 1.0).astype(np.float32) if signed \
+            else np.ones(catalog_size, dtype=np.float32)
         h = hidden_size
         with torch.random.fork_rng(devices=[]):  # same seed, same initial weights; the global RNG is left alone
             torch.manual_seed(seed)
@@ -158,14 +164,23 @@ class OperatorPolicy(nn.Module, Policy):
         """An empty memory of edits, as at the start of a run."""
         self.effect = np.zeros(self.catalog_size, dtype=np.float32)
         self.tried_at = np.full(self.catalog_size, -1, dtype=np.int64)
+        self.latest_of_knob = np.full(self.observation_size, -1, dtype=np.int64)  # the edit of its latest trial
         self.proposals = 0
 
     def remembering(self, observation: np.ndarray) -> np.ndarray:
         """The network input: the observation, then the memory of each edit (HISTORY)."""
-        tried = self.tried_at >= 0
-        recency = np.where(tried, np.exp(-(self.proposals - self.tried_at) / RECENCY), 0.0)
-        memory = np.stack([self.effect, recency], axis=1).astype(np.float32)
+        recency = self._recency(self.tried_at)
+        knobs = self.edit_knobs.numpy()
+        latest = np.where(knobs >= 0, self.latest_of_knob[knobs.clip(min=0)], -1)  # per edit, its knob's latest edit
+        seen = latest >= 0
+        latest = latest.clip(min=0)
+        knob_effect = np.where(seen, self.effect[latest] * self.direction[latest] * self.direction, 0.0)
+        knob_recency = np.where(seen, recency[latest], 0.0)
+        memory = np.stack([self.effect, recency, knob_effect, knob_recency], axis=1).astype(np.float32)
         return np.concatenate([np.asarray(observation, dtype=np.float32).reshape(-1), memory.reshape(-1)])
+
+    def _recency(self, tried_at: np.ndarray) -> np.ndarray:
+        return np.where(tried_at >= 0, np.exp(-(self.proposals - tried_at) / RECENCY), 0.0)
 
     def _remember(self, outcome: Outcome) -> None:
         self.proposals += 1
@@ -177,6 +192,8 @@ class OperatorPolicy(nn.Module, Policy):
         else:
             self.effect[action] = math.tanh(EFFECT_SCALE * math.log(incumbent / value)) if incumbent else 0.0
         self.tried_at[action] = self.proposals
+        if (knob := int(self.edit_knobs[action])) >= 0:
+            self.latest_of_knob[knob] = action
 
     # the protocol ---------------------------------------------------------------------------------------------
 
@@ -214,7 +231,8 @@ class OperatorPolicy(nn.Module, Policy):
 
     def get_extra_state(self) -> dict:
         return {"generator": self.generator.get_state(), "effect": self.effect.tolist(),
-                "tried_at": self.tried_at.tolist(), "proposals": self.proposals}
+                "tried_at": self.tried_at.tolist(), "latest_of_knob": self.latest_of_knob.tolist(),
+                "proposals": self.proposals}
 
     def set_extra_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
@@ -222,3 +240,5 @@ class OperatorPolicy(nn.Module, Policy):
             self.effect = np.asarray(state["effect"], dtype=np.float32)
             self.tried_at = np.asarray(state["tried_at"], dtype=np.int64)
             self.proposals = int(state["proposals"])
+            if "latest_of_knob" in state:
+                self.latest_of_knob = np.asarray(state["latest_of_knob"], dtype=np.int64)

@@ -8,7 +8,16 @@ import torch
 
 from kit import edits
 from kit.bench.family import DEVELOPMENT, held_out_member
-from kit.bench.pretrain import PretrainConfig, draw_episode, pretrain, write_report
+from kit.bench.pretrain import (
+    LEARNING,
+    VALIDATION,
+    PretrainConfig,
+    draw_episode,
+    pretrain,
+    validate,
+    validation_table,
+    write_report,
+)
 from kit.loop import SITUATION_NAMES
 from kit.memory import Memory
 from kit.policies import pretrained
@@ -23,7 +32,8 @@ def test_episodes_are_reproducible_development_members_around_starts_that_move_v
     config = PretrainConfig(episodes=60)
     episodes = [draw_episode(i, BASELINE, config) for i in range(60)]
     assert episodes == [draw_episode(i, BASELINE, config) for i in range(60)]
-    assert all(e.member in DEVELOPMENT for e in episodes) and len({e.member for e in episodes}) > 50
+    assert all(e.member in DEVELOPMENT and e.member in LEARNING for e in episodes)
+    assert len({e.member for e in episodes}) > 50 and not set(LEARNING) & set(VALIDATION)
     assert not {e.member for e in episodes} & {held_out_member(i) for i in range(100)}
     assert sum(e.start != BASELINE for e in episodes) > 50
     catalog = edits.build_catalog(BASELINE)
@@ -52,3 +62,14 @@ def test_the_same_seed_makes_the_same_weights_and_they_fit_the_kits_train_py(tmp
     assert all(math.isfinite(s.start_worth) and math.isfinite(s.end_worth) and s.gain >= 0 for s in first)
     report = write_report(first, tmp_path / "pretrain.md", "Made here.", block=1)
     assert report.read_text().count("\n| ") == 3 and "Made here." in report.read_text()
+
+
+def test_validation_runs_the_shipped_weights_and_the_others_on_members_pre_training_never_draws():
+    world = validate(2, 4, BASELINE, policies=("ppo", "greedy"), log=lambda line: None)
+    assert sorted({(t.policy, t.seed) for t in world.trajectories}) == [("greedy", 0), ("greedy", 1), ("ppo", 0),
+                                                                        ("ppo", 1)]
+    assert world.experiments == 4 and str(VALIDATION.start) in world.description
+    table = validation_table(world)
+    assert "| ppo − greedy |" in table and table.count("\n| ppo |") == 1 and "kept, after 4" in table
+    with pytest.raises(ValueError, match="validation members"):
+        validate(len(VALIDATION) + 1, 4, BASELINE)

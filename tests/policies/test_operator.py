@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kit.policies.operator import OperatorPolicy
+from kit.policies.operator import HISTORY, OperatorPolicy
 from kit.policies.search import RandomPolicy
 from kit.ppo import PPOConfig, make_batch, make_optimizer, ppo_step
 
@@ -142,11 +142,11 @@ def test_the_policy_remembers_how_each_edit_went_in_this_run_and_reads_it():
     policy = OperatorPolicy(3, len(CATALOG), seed=0, ppo=PPOConfig(num_steps=64))
     state = dataclasses.replace(state_of(np.array([3, 3, 3])), incumbent=2.0)
     empty = policy.remembering(state.observation)
-    assert empty.shape == (3 + 2 * len(CATALOG),) and not empty[3:].any()  # nothing tried yet
+    assert empty.shape == (3 + len(HISTORY) * len(CATALOG),) and not empty[3:].any()  # nothing tried yet
     first, second = policy.propose(state), policy.propose(state)
     tell(policy, state, first, 1.9)  # better than the incumbent of the time
     tell(policy, state, second, None)  # failed
-    memory = policy.remembering(state.observation)[3:].reshape(len(CATALOG), 2)
+    memory = policy.remembering(state.observation)[3:].reshape(len(CATALOG), len(HISTORY))
     if first.action != second.action:
         assert memory[first.action, 0] == pytest.approx(math.tanh(10 * math.log(2.0 / 1.9)))
         assert memory[first.action, 1] == pytest.approx(math.exp(-1 / 32))  # one proposal ago
@@ -159,3 +159,18 @@ def test_the_policy_remembers_how_each_edit_went_in_this_run_and_reads_it():
     np.testing.assert_array_equal(resumed.remembering(state.observation), policy.remembering(state.observation))
     policy.forget()
     np.testing.assert_array_equal(policy.remembering(state.observation), empty)
+
+
+def test_what_an_edit_did_is_read_for_its_siblings_signed_to_their_direction():
+    # edits 0, 1: knob 0 up by a little and down by a lot; edit 2: knob 1 up. Edit 0 paid: edit 1 (same knob, the
+    # other way) reads it as a loss, edit 2 (another knob) reads nothing.
+    features = np.array([[1, 0, 0.3, 0], [1, 0, -1.0, 0], [0, 1, 1.0, 0]], dtype=np.float32)
+    policy = OperatorPolicy(3, 3, seed=0, edit_features=features, edit_knobs=[0, 0, 1])
+    state = dataclasses.replace(state_of(np.array([1, 1, 1])), catalog=CATALOG[:3], mask=np.ones(3, bool),
+                                incumbent=2.0)
+    proposal = dataclasses.replace(policy.propose(state), action=0)
+    tell(policy, state, proposal, 1.9)
+    memory = policy.remembering(state.observation)[3:].reshape(3, len(HISTORY))
+    paid = math.tanh(10 * math.log(2.0 / 1.9))
+    np.testing.assert_allclose(memory[:, 2], [paid, -paid, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(memory[:, 3], [1.0, 1.0, 0.0])
