@@ -170,7 +170,7 @@ class OperatorPolicy(nn.Module, Policy):
     def remembering(self, observation: np.ndarray) -> np.ndarray:
         """The network input: the observation, then the memory of each edit (HISTORY)."""
         recency = self._recency(self.tried_at)
-        knobs = self.edit_knobs.numpy()
+        knobs = self.edit_knobs.cpu().numpy()  # the buffer follows the network to its device
         latest = np.where(knobs >= 0, self.latest_of_knob[knobs.clip(min=0)], -1)  # per edit, its knob's latest edit
         seen = latest >= 0
         latest = latest.clip(min=0)
