@@ -186,7 +186,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     started, cpu = time.perf_counter(), time.process_time()
     summaries = pretrain(config, out)
     minutes, cpu_minutes = (time.perf_counter() - started) / 60, (time.process_time() - cpu) / 60
-    command = f"python -m kit bench pretrain --episodes {args.episodes} --seed {args.seed}"
+    command = f"python -m kit bench pretrain --episodes {args.episodes} --seed {args.seed}" + (
+        f" --validate {args.validate} --validate-experiments {args.validate_experiments} --jobs {args.jobs}"
+        if args.validate else "")
     size = out.stat().st_size / 1024
     header = (f"Made by `{command}` on {platform.machine()} with {os.cpu_count()} cores, "
               f"{time.strftime('%Y-%m-%d')}: pre-training took {minutes:.1f} minutes, of which this process computed "
@@ -196,8 +198,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.validate:
         started = time.perf_counter()
         validation = validate(args.validate, args.validate_experiments, jobs=args.jobs)
-        header = header.replace(f"{command}`", f"{command} --validate {args.validate} --validate-experiments "
-                                f"{args.validate_experiments} --jobs {args.jobs}`")
         header += f" The validation below took {(time.perf_counter() - started) / 60:.1f} minutes more."
     report = write_report(summaries, args.report, header, validation=validation)
     print(f"wrote {out} and {report}")

@@ -246,7 +246,7 @@ def write_report(summaries: list[EpisodeSummary], out: Path, header: str, block:
                          "of episodes:", "\n".join(rows)]
                         + (["## The weights on validation members",
                             f"{len(validation.of('ppo'))} seeds × {validation.experiments} experiments, seed i on "
-                            f"{validation.description.split('–')[0]} + i (never drawn for pre-training, nor met by "
+                            f"development member {VALIDATION.start} + i (never drawn for pre-training, nor met by "
                             "the agents benchmark), through the unchanged loop as in bench/agents.md: the noise-free "
                             "val_bpb of the train.py kept after so many experiments, and the final one re-run under "
                             "fresh seeds. `ppo` starts from these weights and goes on learning; `ppo-scratch` from "
