@@ -348,3 +348,21 @@ def test_the_noise_free_reward_pays_each_kept_edit_the_gain_the_world_knows_is_t
         assert after.reward_parts.get("progress", 0.0) == pytest.approx(100 * max(0.0, truth))
     with pytest.raises(ValueError, match="noise-free"):
         run_loop(loop_config(tmp_path / "real", iterations=1, reward=RewardConfig(noise_free=True)))
+
+
+def test_ppo_asks_cmaes_for_some_experiments_and_tells_it_every_run(tmp_path):
+    import torch
+
+    from kit.bench.family import FamilyConfig, SyntheticFamily
+
+    world = SyntheticFamily(TRAIN_PY.read_text(), FamilyConfig(member=3))
+    run_loop(loop_config(tmp_path, iterations=23, policy="ppo", from_scratch=True, budget=60.0), environment=world)
+    agent = [r for r in ledger_records(tmp_path / "run") if r.policy == "ppo"]
+    asked = [r for r in agent if r.description.startswith("cmaes:")]
+    assert len(agent) == 20 and 0 < len(asked) < 20, "from scratch it asks CMA-ES about half the time"
+    study = torch.load(tmp_path / "run" / "policy.pt", weights_only=False)["sampler"]["trials"]
+    generations = [t for t in study if t["state"] == "COMPLETE" and any("generation" in k for k in t["system_attrs"])]
+    witnessed = [t for t in study if t["state"] == "COMPLETE" and not t["system_attrs"]]
+    ran = [r for r in agent if r.val_bpb is not None]
+    assert len(witnessed) == 3, "the noise floor's runs"
+    assert len(generations) == len(ran), "its own samples and the catalog edits, each as a member of a generation"

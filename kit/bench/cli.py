@@ -3,7 +3,7 @@
     python -m kit bench record --profile cpu --runs N [--design] [--out data/curves-cpu.jsonl.gz]
     python -m kit bench early-stopping [--curves data/curves-cpu.jsonl.gz] [--orders 50]
     python -m kit bench agents [--environment family,replay,tabular,synthetic] [--seeds 20] [--experiments 300]
-    python -m kit bench pretrain [--episodes 200] [--seed 0]
+    python -m kit bench pretrain [--episodes 60] [--seed 0]
 
 Owns: their arguments, one-line errors for bad input, and the reports' headers (what was measured, how, where).
 Does not own: the benchmarks (the modules beside this one).
@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
     pre = benches.add_parser("pretrain", help="pre-train the PPO policy over research runs on development members of "
                              "the synthetic family; write the weights `--policy ppo` starts from, and a report")
-    pre.add_argument("--episodes", type=positive_int, default=200, help="research runs to learn from (default: 200)")
+    pre.add_argument("--episodes", type=positive_int, default=60, help="research runs to learn from (default: 60)")
     pre.add_argument("--seed", type=int, default=0, help="the same seed makes the same weights")
     pre.add_argument("--out", type=Path, default=None, help="default: the shipped kit/policies/ppo_pretrained.pt")
     pre.add_argument("--report", type=Path, default=REPO_ROOT / "bench" / "pretrain.md")

@@ -1,7 +1,7 @@
 """Policies: what to try next, behind one protocol, one module per family, one registry.
 
     base.py      State, Proposal, Outcome, Setup and Policy (the protocol and its defaults)
-    operator.py  ppo: an actor-critic that picks one catalog edit, trained with PPO (the default)
+    operator.py  ppo: an actor-critic that picks one catalog edit or asks CMA-ES, trained with PPO (the default)
     pretrained.py  the ppo policy's shipped pre-trained weights and what they expect of a run
     search.py    random, greedy
     samplers.py  tpe, cmaes, gp: Optuna's samplers over every ranged knob
@@ -34,8 +34,8 @@ class Entry:
 
 
 REGISTRY: dict[str, Entry] = {
-    "ppo": Entry("kit.policies.operator:OperatorPolicy", "an actor-critic that picks one catalog edit, trained "
-                 "with PPO"),
+    "ppo": Entry("kit.policies.operator:OperatorPolicy", "an actor-critic that picks one catalog edit or asks "
+                 "CMA-ES for the next config, trained with PPO"),
     "random": Entry("kit.policies.search:RandomPolicy", "a catalog edit drawn uniformly"),
     "greedy": Entry("kit.policies.search:GreedyPolicy", "autoresearch's hill-climb: a random edit of the best"),
     "tpe": Entry("kit.policies.samplers:TPEPolicy", "Optuna's TPE over every ranged knob"),

@@ -47,7 +47,6 @@ class HybridPolicy(CMAESPolicy):
         super().__init__(knobs, seed=seed, config=config)
         self.llm, self.share, self.sleep = llm, share, sleep
         self.draws = random.Random(seed)
-        self.replaced: set[int] = set()  # numbers of the trials whose values the LLM replaced
 
     @classmethod
     def build(cls, setup: Setup) -> HybridPolicy:
@@ -59,7 +58,6 @@ class HybridPolicy(CMAESPolicy):
     def load_state_dict(self, d: dict) -> None:
         super().load_state_dict(d)
         self.draws = random.Random(d["seed"] + len(d["trials"]))  # as the sampler is reseeded: from the history
-        self.replaced = set()
 
     def propose(self, state: State) -> Proposal:
         proposal = super().propose(state)
@@ -70,36 +68,16 @@ class HybridPolicy(CMAESPolicy):
             reply = complete(self.llm, SYSTEM, self.prompt(state, proposal.values, trial), self.sleep)
             changes = parse_values(reply, self.knobs)
         except (LLMError, ValueError) as failure:
-            return self._instead(dataclasses.replace(
-                proposal, description=f"{proposal.description} (the LLM's reply was not used: {failure})"))
+            return self.instead(dataclasses.replace(
+                proposal, description=f"{proposal.description} (the LLM's reply was not used: {failure})"), False)
         values = {**proposal.values, **changes}
         if values == proposal.values:
-            return self._instead(dataclasses.replace(proposal, description=f"{proposal.description} (the LLM kept it)"))
+            return self.instead(dataclasses.replace(proposal, description=f"{proposal.description} (the LLM kept it)"),
+                                False)
         current = {k.name: k.value for k in state.knobs}
         changed = [f"{n} {current[n]!r} -> {v!r}" for n, v in values.items() if n in current and current[n] != v]
-        self.replaced.add(trial.number)
-        return self._instead(Proposal(edit=None, values=values, action=None, logprob=0.0, value=0.0,
-                                      description=f"{self.name} (LLM): " + (", ".join(changed) or "no change")))
-
-    def _instead(self, proposal: Proposal) -> Proposal:
-        """proposal in place of the one just asked (outcomes are matched to the proposal they are told of)."""
-        self.pending[-1] = (proposal, self.pending[-1][1])
-        return proposal
-
-    def _tell(self, trial: optuna.Trial, values: dict[str, Any], value: float | None, pruned: bool) -> None:
-        if trial.number not in self.replaced:
-            return super()._tell(trial, values, value, pruned)
-        self.replaced.discard(trial.number)
-        # CMA-ES keeps its generation (and, on some trials, its pickled state) in the system attributes of the
-        # trial it asked: the values that ran go into a copy of that trial, and the asked one, which never ran, fails
-        attrs = self.study.trials[trial.number].system_attrs
-        self.study.tell(trial, None, state=TrialState.FAIL)
-        if value is not None:
-            params = {name: values[name] for name in self.distributions}
-            state = TrialState.PRUNED if pruned else TrialState.COMPLETE
-            self.study.add_trial(optuna.trial.create_trial(state=state, value=value, params=params,
-                                                           intermediate_values={0: value} if pruned else None,
-                                                           system_attrs=attrs, distributions=self.distributions))
+        return self.instead(Proposal(edit=None, values=values, action=None, logprob=0.0, value=0.0,
+                                     description=f"{self.name} (LLM): " + (", ".join(changed) or "no change")), True)
 
     def prompt(self, state: State, proposed: dict[str, Any], trial: optuna.Trial) -> str:
         """What the LLM is shown: every knob (range, the kept value, CMA-ES's mean and proposal), the step size,

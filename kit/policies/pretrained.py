@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from kit.hyperparams import Hyperparameter
 
 WEIGHTS = Path(__file__).with_name("ppo_pretrained.pt")
-FORMAT = 1
+FORMAT = 2  # 2: the policy asks CMA-ES as one of its actions
 
 
 class WeightsMismatch(ValueError):

@@ -171,6 +171,39 @@ class CMAESPolicy(SamplerPolicy):
 
     name = "cmaes"
 
+    def __init__(self, knobs: list[Hyperparameter], seed: int = 0, config: SamplerConfig = SamplerConfig()):
+        super().__init__(knobs, seed=seed, config=config)
+        self.replaced: set[int] = set()  # numbers of the trials that ran other values than CMA-ES sampled
+
+    def instead(self, proposal: Proposal, replaced: bool) -> Proposal:
+        """proposal in place of the one just asked (outcomes are matched to the proposal they are told of);
+        replaced: its values are not the ones CMA-ES sampled, and it is told as what ran in that trial's place."""
+        trial = self.pending[-1][1]
+        self.pending[-1] = (proposal, trial)
+        if replaced:
+            self.replaced.add(trial.number)
+        return proposal
+
+    def _tell(self, trial: optuna.Trial, values: dict[str, Any], value: float | None, pruned: bool) -> None:
+        if trial.number not in self.replaced:
+            return super()._tell(trial, values, value, pruned)
+        self.replaced.discard(trial.number)
+        # CMA-ES keeps its generation (and, on some trials, its pickled state) in the system attributes of the
+        # trial it asked: the values that ran go into a copy of that trial, and the asked one, which never ran, fails;
+        # CMA-ES then updates on them as on its own sample
+        attrs = self.study.trials[trial.number].system_attrs
+        self.study.tell(trial, None, state=TrialState.FAIL)
+        if value is not None:
+            params = {name: values[name] for name in self.distributions}
+            state = TrialState.PRUNED if pruned else TrialState.COMPLETE
+            self.study.add_trial(optuna.trial.create_trial(state=state, value=value, params=params,
+                                                           intermediate_values={0: value} if pruned else None,
+                                                           system_attrs=attrs, distributions=self.distributions))
+
+    def load_state_dict(self, d: dict) -> None:
+        super().load_state_dict(d)
+        self.replaced = set()
+
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         x0 = {k.name: min(max(k.value, k.low), k.high) for k in self.knobs
               if k.choices is None and isinstance(k.value, int | float)}

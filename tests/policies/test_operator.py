@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_masked_logits_carry_no_probability():
     policy = OperatorPolicy(3, 6, seed=0)
     x = torch.randn(200, 3)
-    mask = torch.tensor([True, False, True, False, False, True]).expand(200, 6)
+    mask = torch.tensor([True, False, True, False, False, True, False]).expand(200, 7)  # the last: ask CMA-ES
     actions, logprob, entropy, value = policy.get_action_and_value(x, mask=mask)
     assert mask[0, actions].all() and value.shape == (200, 1)
     assert torch.isfinite(logprob).all() and torch.isfinite(entropy).all()
@@ -81,7 +81,8 @@ def _run_episodes(policy, seed: int, episodes: int, length: int, cfg: PPOConfig 
             hit = bool((config == optimum).all())
             if cfg:
                 for key, item in zip(rollout, (state.observation, proposal.action, proposal.logprob, reward,
-                                               proposal.value, starts_episode, state.mask), strict=True):
+                                               proposal.value, starts_episode, np.append(state.mask, False)),
+                                strict=True):  # no sampler: "ask CMA-ES" is masked
                     rollout[key].append(item)
                 starts_episode = 0.0
                 if len(rollout["obs"]) == every:
@@ -142,11 +143,12 @@ def test_the_policy_remembers_how_each_edit_went_in_this_run_and_reads_it():
     policy = OperatorPolicy(3, len(CATALOG), seed=0, ppo=PPOConfig(num_steps=64))
     state = dataclasses.replace(state_of(np.array([3, 3, 3])), incumbent=2.0)
     empty = policy.remembering(state.observation)
-    assert empty.shape == (3 + len(HISTORY) * len(CATALOG),) and not empty[3:].any()  # nothing tried yet
+    actions = len(CATALOG) + 1  # the last: ask CMA-ES (never, without a sampler)
+    assert empty.shape == (3 + len(HISTORY) * actions,) and not empty[3:].any()  # nothing tried yet
     first, second = policy.propose(state), policy.propose(state)
     tell(policy, state, first, 1.9)  # better than the incumbent of the time
     tell(policy, state, second, None)  # failed
-    memory = policy.remembering(state.observation)[3:].reshape(len(CATALOG), len(HISTORY))
+    memory = policy.remembering(state.observation)[3:].reshape(actions, len(HISTORY))
     if first.action != second.action:
         assert memory[first.action, 0] == pytest.approx(math.tanh(10 * math.log(2.0 / 1.9)))
         assert memory[first.action, 1] == pytest.approx(math.exp(-1 / 32))  # one proposal ago
@@ -170,7 +172,7 @@ def test_what_an_edit_did_is_read_for_its_siblings_signed_to_their_direction():
                                 incumbent=2.0)
     proposal = dataclasses.replace(policy.propose(state), action=0)
     tell(policy, state, proposal, 1.9)
-    memory = policy.remembering(state.observation)[3:].reshape(3, len(HISTORY))
+    memory = policy.remembering(state.observation)[3:].reshape(4, len(HISTORY))  # and "ask CMA-ES", of no knob
     paid = math.tanh(10 * math.log(2.0 / 1.9))
-    np.testing.assert_allclose(memory[:, 2], [paid, -paid, 0.0], rtol=1e-6)
-    np.testing.assert_allclose(memory[:, 3], [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(memory[:, 2], [paid, -paid, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(memory[:, 3], [1.0, 1.0, 0.0, 0.0])
