@@ -83,7 +83,7 @@ def test_ppo_step_with_masks_keeps_probability_off_forbidden_actions():
     policy = OperatorPolicy(observation_size=3, catalog_size=5, seed=2)
     cfg = PPOConfig(learning_rate=1e-2)
     obs = torch.randn(16, 3, generator=torch.Generator().manual_seed(1))
-    masks = torch.tensor([[True, True, False, True, False]] * 16)
+    masks = torch.tensor([[True, True, False, True, False, False]] * 16)  # the last action: ask CMA-ES
     with torch.no_grad():
         actions, logprobs, entropy, values = policy.get_action_and_value(obs, mask=masks)
     assert masks[torch.arange(16), actions].all()
@@ -127,7 +127,7 @@ def test_the_rollout_is_gae_bootstrapped_from_the_next_state_then_one_ppo_step()
     bootstrapped from the critic's value of the state after the last one (the task does not end), one ppo_step."""
     cfg = PPOConfig(num_steps=4, learning_rate=1e-2)
     obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
-    masks = np.ones((4, 5), dtype=bool)
+    masks = np.ones((4, 6), dtype=bool)  # 5 edits and "ask CMA-ES"
     a, b = OperatorPolicy(3, 5, seed=4), OperatorPolicy(3, 5, seed=4)
     with torch.no_grad():
         actions, logprobs, _, values = a.get_action_and_value(torch.from_numpy(obs[:4]))
@@ -152,7 +152,7 @@ def test_the_rollout_is_gae_bootstrapped_from_the_next_state_then_one_ppo_step()
 def test_finishing_the_episode_updates_on_what_is_stored_with_nothing_to_bootstrap_from():
     cfg = PPOConfig(num_steps=8, learning_rate=1e-2)
     obs = np.random.default_rng(1).normal(size=(3, 3)).astype(np.float32)
-    masks = np.ones((3, 5), dtype=bool)
+    masks = np.ones((3, 6), dtype=bool)  # 5 edits and "ask CMA-ES"
     a, b = OperatorPolicy(3, 5, seed=2), OperatorPolicy(3, 5, seed=2)
     with torch.no_grad():
         actions, logprobs, _, values = a.get_action_and_value(torch.from_numpy(obs))
