@@ -35,7 +35,6 @@ from kit.results import Environment, HarnessConfig, Monitor, RunResult
 from kit.run_state import NOISE_POLICY
 from kit.stopping import StopConditions
 
-REAL_CHECK = "## Real check on the `cpu` profile (no surrogate)"  # bench/agents_real.py writes this section
 REEVALUATION_SEEDS = tuple(range(10**9, 10**9 + 5))
 """Fresh seeds the final train.py is run under once the loop is done: no loop uses seeds this large."""
 SCRATCH = "ppo-scratch"

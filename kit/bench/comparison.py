@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.bench.agents import LOSSES, REAL_CHECK, REEVALUATION_SEEDS, Trajectory
+from kit.bench.agents import LOSSES, REEVALUATION_SEEDS, Trajectory
 
 CHECKPOINTS = (25, 50, 100, 300)
 TARGETS = (0.01, 0.02)
@@ -131,8 +131,7 @@ def write_report(worlds: list[World], out: Path, header: list[str]) -> Path:
     lines = [*header[:1], "", *first, *(f"- {verdict(w)}." for w in worlds), "", *header[1:]]
     for world in worlds:
         lines += ["", *_world_section(world)]
-    kept = out.read_text().partition(REAL_CHECK) if out.exists() else ("", "", "")
-    out.write_text("\n".join(lines) + "\n" + (f"\n{kept[1]}{kept[2]}" if kept[1] else ""))
+    out.write_text("\n".join(lines) + "\n")
     _plot(worlds, out.with_suffix(".png"))
     return out
 

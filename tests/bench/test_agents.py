@@ -83,14 +83,6 @@ def test_report_has_a_row_per_policy_the_paired_tests_and_a_verdict(trajectories
     assert "fresh seeds" in text and "p (Holm)" in text and out.with_suffix(".png").stat().st_size > 0
 
 
-def test_a_new_report_keeps_the_real_check_section(trajectories, tmp_path: Path):
-    out = tmp_path / "agents.md"
-    out.write_text(f"# old\n\n{agents.REAL_CHECK}\n\n| ppo | 1 |\n")
-    text = comparison.write_report([comparison.World("w", "", trajectories)], out, ["# new"]).read_text()
-    assert text.startswith("# new") and "# old" not in text
-    assert text.endswith(f"{agents.REAL_CHECK}\n\n| ppo | 1 |\n")
-
-
 def test_an_interrupted_benchmark_resumes_from_its_cache_without_running_a_finished_run_again(tmp_path: Path):
     cache = tmp_path / "cache"
     first = agents.run_all(["random"], 2, lambda seed: ENV, 4, ENV.config.budget, log=lambda *_: None, cache=cache)
