@@ -146,7 +146,8 @@ def report(rows: list[dict], fresh: dict[str, list[float | None]], baseline_dige
     lines = ["# Real check on the `cpu` profile (no surrogate)", "",
              f"Measured by `python bench/agents_real.py --policies {','.join(policies)} --seeds {len(seeds)} --hours "
              f"{args.hours:g} --fresh-runs {args.fresh_runs}` on {platform.machine()} with {os.cpu_count()} cores, "
-             f"finished {time.strftime('%Y-%m-%d')}, {wall:.2f} h of wall-clock time in all. For each seed the loops "
+             f"finished {time.strftime('%Y-%m-%d')}, {wall:.2f} h of wall-clock time in "
+             "the sitting that finished it (a resumed check ran longer in all). For each seed the loops "
              f"ran side by side for {args.hours:g} h, one core and one torch thread each: the real harness, sandbox "
              "and same-progress early stopping, val_bpb from the frozen evaluator. Then each loop's final train.py "
              f"and the baseline ran under {args.fresh_runs} seeds no loop used, one core each. With one core a run "
