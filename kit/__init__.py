@@ -24,10 +24,12 @@ The core (this package) never imports kit.bench; train.py never imports kit.
     loop.py         the research loop, step by step
     run_state.py    the loop's state, rebuilt from the ledger and updated by each record
     frontier.py     what a catalog policy edits next, so nothing runs twice
-    stopping.py     when the loop stops or holds
+    stopping.py     when the loop stops or holds, and loop.json: whether it runs, how and why it ended
     repo.py         train.py's git history in a run directory
     ledger.py       durable storage of every record
-    report.py       results.tsv, summary.md, progress.png
+    report.py       results.tsv, summary.md, progress.png, and the counts every view shares
+    report_html.py  report.html: a self-contained page of a run directory
+    mirror.py       the run directory as an Optuna study, for optuna-dashboard
     checkup.py      the setup notebook's machine check and noise floor
     dashboard.py    the live view in JupyterLab
     convergence.py  the convergence notebook's analysis

@@ -4,6 +4,7 @@
     python -m kit experiment [train.py] [--profile cpu] [--budget S] [--seed N] [--run-dir DIR] [--json]
     python -m kit loop [--profile cpu] [--policy ppo] [--iterations N] [--hours H] [--run-dir DIR] ...
     python -m kit report RUN_DIR
+    python -m kit dashboard RUN_DIR [--port 8080]             optuna-dashboard on the run's Optuna mirror
     python -m kit bench {record,early-stopping,agents} ...     (kit/bench/cli.py)
 
 Owns: the commands' arguments, dispatch (one function per command), one-line errors for bad input (exit 2) and
@@ -104,9 +105,17 @@ def _parser() -> argparse.ArgumentParser:
                       f"re-run (default: {default(LoopConfig, 'quiet_wait'):g})")
     loop.set_defaults(run=_loop)
 
-    report = commands.add_parser("report", help="write results.tsv, progress.png and summary.md of a run directory")
+    report = commands.add_parser("report", help="write results.tsv, progress.png, summary.md and report.html of a run "
+                                 "directory")
     report.add_argument("run_dir", type=Path)
     report.set_defaults(run=_report)
+
+    board = commands.add_parser("dashboard", help="serve optuna-dashboard on a run directory's Optuna mirror "
+                                "(rebuilt from the ledger, and kept in step while a loop runs)")
+    board.add_argument("run_dir", type=Path)
+    board.add_argument("--port", type=positive_int, default=8080)
+    board.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    board.set_defaults(run=_dashboard)
 
     commands.add_parser("bench", help="record learning curves; benchmark early stopping and agents (see "
                         "`python -m kit bench --help`)", add_help=False)
@@ -173,6 +182,37 @@ def _report(args: argparse.Namespace) -> int:
     with Ledger(args.run_dir, readonly=True) as ledger:
         paths = write_report(args.run_dir, ledger)
     print("\n".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    import threading
+
+    from kit.mirror import Mirror, storage_url
+
+    if not (args.run_dir / "ledger.sqlite").exists():
+        raise UsageError(f"no ledger in {args.run_dir}: give the --run-dir of a loop")
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise UsageError("optuna-dashboard is not installed: pip install -r requirements.txt") from None
+    mirror = Mirror.of(args.run_dir)
+    mirror.study  # noqa: B018 - the storage and the study exist before the server opens them
+
+    def follow() -> None:
+        """Rebuild the mirror from the ledger (a run directory from before the mirror, or a loop of an older kit), then
+        keep it in step: the page shows trials as they arrive."""
+        while True:
+            try:
+                if added := mirror.follow_ledger():
+                    print(f"{added} trial(s) added to {storage_url(args.run_dir)} from the ledger", flush=True)
+            except Exception as error:  # noqa: BLE001 - shown, and tried again
+                print(f"could not bring the mirror up to the ledger ({error}); trying again", file=sys.stderr)
+            time.sleep(5)
+
+    threading.Thread(target=follow, daemon=True, name="mirror").start()
+    print(f"optuna-dashboard: http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    run_server(storage_url(args.run_dir), host=args.host, port=args.port)
     return 0
 
 

@@ -168,6 +168,7 @@ class _Process:
         for raw in self.proc.stdout:
             if written < LOG_LIMIT_BYTES:
                 self.log.write(raw)
+                self.log.flush()  # line by line: the dashboard reads train.log while the run trains
                 written += len(raw)
             self.lines.put(raw.decode("utf-8", errors="replace").rstrip("\n"))
         self.lines.put(None)

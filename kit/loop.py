@@ -15,6 +15,8 @@ Does not own: any of those; widgets (the optional on_event callback feeds them).
     RUN_DIR/STOP, RUN_DIR/HOLD     create STOP to stop after the running experiment; while HOLD exists no new
                                    experiment starts (the dashboard's pause button)
     RUN_DIR/PAUSED             why the loop stopped itself after failures in a row
+    RUN_DIR/loop.json          running (and where), or how and why it ended (kit.stopping.LoopStatus)
+    RUN_DIR/optuna.sqlite3     every record as a trial of an Optuna study, for optuna-dashboard (kit/mirror.py)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from kit.harness import run_experiment
 from kit.ledger import Ledger, Record
 from kit.machine import busiest, foreign_gpu_processes, wait_until_quiet
 from kit.memory import code_hash
+from kit.mirror import Mirror
 from kit.policies import REGISTRY, Outcome, Proposal, Setup, State, make_policy
 from kit.ppo import PPOConfig
 from kit.predictor import RULES, EarlyStopper, make_rule
@@ -45,7 +48,15 @@ from kit.report import write_report
 from kit.results import Environment, HarnessConfig, RunResult, Status, contention_limit_default, pace_limit_default
 from kit.reward import Reward, RewardConfig, compute_reward
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, RunState
-from kit.stopping import STOP_FILE, StopConditions, first_ctrl_c_calls, stop_requested, wait_while_held
+from kit.stopping import (
+    STOP_FILE,
+    LoopStatus,
+    StopConditions,
+    first_ctrl_c_calls,
+    stop_requested,
+    wait_while_held,
+    write_status,
+)
 
 SITUATION_NAMES = (
     "noise",  # tanh(NOISE_SCALE * the noise floor's standard deviation / the incumbent's mean): how loud the world is
@@ -55,6 +66,11 @@ NOISE_SCALE = 100.0  # a noise floor of 0.5 % of val_bpb reads about 0.46
 CANDIDATE_FILE = "candidate.py"
 PAUSED_FILE = "PAUSED"
 POLICY_FILE = "policy.pt"
+
+
+def print_line(text: str) -> None:
+    """Where the loop's lines go by default: standard output, at once (a log tailed overnight sees each)."""
+    print(text, flush=True)
 
 
 class ResumeError(ValueError):
@@ -115,6 +131,10 @@ class LoopConfig:
     """The cmaes-llm hybrid: the share of CMA-ES's proposals the LLM at the endpoint may override."""
     from_scratch: bool = False
     """ppo: start from random weights instead of the shipped pre-trained ones (kit/policies/pretrained.py)."""
+    mirror: bool = True
+    """Keep RUN_DIR/optuna.sqlite3, the Optuna study optuna-dashboard shows (kit/mirror.py), in step with every
+    record. It costs about 0.2 s a record: nothing beside a real run, much beside a stand-in world's millisecond, so
+    the benchmarks turn it off (`python -m kit dashboard` rebuilds it from the ledger whenever it is wanted)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
 
@@ -155,10 +175,12 @@ class ResearchLoop:
     """One run directory's loop. `run()` returns why it stopped, in one line."""
 
     def __init__(self, config: LoopConfig, on_event: Callable[[dict], None] | None = None,
-                 environment: Environment = run_experiment):
+                 environment: Environment = run_experiment, say: Callable[[str], None] = print_line):
+        """on_event: called with every event (a record, a progress point, a hold, the stop); say: where the loop's
+        lines go (standard output; a notebook's dashboard shows them under itself instead)."""
         import prepare
 
-        self.config, self.on_event = config, on_event
+        self.config, self.on_event, self.say = config, on_event, say
         self.environment = environment  # the real harness, or a synthetic or replayed world (kit/bench/)
         if config.reward.noise_free and not hasattr(environment, "expected_bpb"):
             raise ValueError("the noise-free reward needs a simulated world that knows each train.py's noise-free "
@@ -170,6 +192,7 @@ class ResearchLoop:
         self.ledger = Ledger(self.run_dir)
         self.repo = TrainRepo(self.run_dir / "repo")
         self.interrupted = False
+        self.stopped_by_person = False  # a STOP file or Ctrl-C ended the run, not a limit
         self.contended: str | None = None  # why the loop pauses: its runs could not get the machine to themselves
         self.started = time.monotonic()  # run() sets it again: the hours limit counts this invocation
         self.unsettled: Outcome | None = None  # a near miss's proposal, told to the policy once its re-runs settle it
@@ -203,23 +226,38 @@ class ResearchLoop:
             llm_model=self.config.llm_model, llm_share=self.config.llm_share))
         self.frontier = Frontier(self.catalog)
         self._load_policy()
+        self.mirror = Mirror(self.run_dir, self.repo.show(self.ledger.get_meta("baseline_commit")),
+                             self.repo.source_of) if self.config.mirror else None
+        self._mirror(records)
         paused = self.run_dir / PAUSED_FILE
         if paused.exists():
-            print(f"resuming after a pause ({paused.read_text().strip()})")
+            self.say(f"resuming after a pause ({paused.read_text().strip()})")
             paused.unlink()
 
     # the loop ---------------------------------------------------------------------------------------------------
 
     def run(self) -> str:
-        """Run until a stop condition, a stop or a pause; write the report; return why it stopped."""
-        self.started, reason = time.monotonic(), None
+        """Run until a stop condition, a stop or a pause; write the report; return why it stopped. RUN_DIR/loop.json
+        says it runs meanwhile, and then how it ended."""
+        self.started, reason, ended = time.monotonic(), None, "failed"
+        status = LoopStatus.running(self.config.stop)
+        write_status(self.run_dir, status)
         with first_ctrl_c_calls(self._on_ctrl_c):
             try:
                 while reason is None:
                     reason = self._turn()
+                ended = "paused" if (self.run_dir / PAUSED_FILE).exists() else \
+                    "stopped" if self.stopped_by_person else "finished"
+            except KeyboardInterrupt:
+                ended, reason = "stopped", "aborted by a second Ctrl-C (the running experiment is not recorded)"
+                raise
+            except BaseException as error:
+                reason = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+                raise
             finally:
+                write_status(self.run_dir, status.ended_as(ended, reason))  # before the report, which says it
                 write_report(self.run_dir, self.ledger)
-        self._emit({"event": "stopped", "reason": reason})
+        self._emit({"event": "stopped", "state": ended, "reason": reason})
         return reason
 
     def _turn(self) -> str | None:
@@ -379,8 +417,8 @@ class ResearchLoop:
                          reward=Reward(0.0, {}), stats={})
             self._emit({"event": "contended", "attempt": attempt, "attempts": attempts})
             if attempt < attempts and not self._stopping():
-                print(f"waiting up to {self.config.quiet_wait:g} s for the machine to be quiet, then the same "
-                      "experiment again", flush=True)
+                self.say(f"waiting up to {self.config.quiet_wait:g} s for the machine to be quiet, then the same "
+                         "experiment again")
                 wait_until_quiet(self.config.contention_limit, self.config.quiet_wait,
                                  give_up=self._stopping)
         users = [f"{name}: {cores:.2f} cores" for name, cores in busiest()]
@@ -507,9 +545,10 @@ class ResearchLoop:
                         predictions=predictions or [], timings=result.timings, policy_stats=stats,
                         fingerprint=result.fingerprint, peak_mem_mb=result.peak_mem_mb,
                         training_seconds=result.training_seconds, total_seconds=result.total_seconds,
-                        seed=result.seed, code_hash=code_hash(source))
+                        seed=result.seed, code_hash=code_hash(source), created=time.time())
         self.ledger.append(record)
         self.state.add(record, source)
+        self._mirror(self.state.records)
         near = self.state.near_miss
         if near is not None:  # for a person to look at; a resume finds the near miss in the ledger
             (self.run_dir / CANDIDATE_FILE).write_text(near.source)
@@ -518,14 +557,27 @@ class ResearchLoop:
         shown = f"{result.val_bpb:.6f}" if result.val_bpb is not None else "-"
         mark = "KEEP" if record.accepted else "NEAR" if decision.verdict is Verdict.AGAIN else "    "
         why = f" ({result.reason[:120]})" if result.reason else ""
-        print(f"[{record.iteration:4d}] {result.status.value:8s} val_bpb {shown} reward {reward.total:+.3f} "
-              f"{mark} {description}{why}", flush=True)
+        self.say(f"[{record.iteration:4d}] {result.status.value:8s} val_bpb {shown} reward {reward.total:+.3f} "
+                 f"{mark} {description}{why}")
         self._emit({"event": "record", "record": record})
 
+    def _mirror(self, records: list[Record]) -> None:
+        """Bring the Optuna mirror up to the records; a mirror that fails is said once and given up, never the run."""
+        if self.mirror is None:
+            return
+        try:
+            self.mirror.sync(records)
+        except Exception as error:  # noqa: BLE001 - a view, not the record: the ledger has everything
+            self.mirror = None
+            self.say(f"the Optuna mirror ({self.run_dir / 'optuna.sqlite3'}) stopped following the ledger: "
+                     f"{' '.join(str(error).split())[:200]}; `python -m kit dashboard {self.run_dir}` rebuilds it")
+
     def _stop_reason(self) -> str | None:
-        if self.interrupted:
-            return "stopped by Ctrl-C"
-        return stop_requested(self.run_dir) or self.config.stop(self.state.records, time.monotonic() - self.started)
+        reason = "stopped by Ctrl-C" if self.interrupted else stop_requested(self.run_dir)
+        if reason is not None:
+            self.stopped_by_person = True
+            return reason
+        return self.config.stop(self.state.records, time.monotonic() - self.started)
 
     def _stopping(self) -> bool:
         """Whether a stop is asked for (without taking the STOP file away, as _stop_reason does)."""
@@ -545,11 +597,11 @@ class ResearchLoop:
 
     def _on_ctrl_c(self) -> None:
         self.interrupted = True
-        print("stopping after the running experiment is recorded (Ctrl-C again to abort it)")
+        self.say("stopping after the running experiment is recorded (Ctrl-C again to abort it)")
 
     def _on_hold(self) -> None:
-        print(f"on hold: no new experiment until {self.run_dir / 'HOLD'} is removed (the dashboard's Resume button "
-              "does that)", flush=True)
+        self.say(f"on hold: no new experiment until {self.run_dir / 'HOLD'} is removed (the dashboard's Resume button "
+                 "does that)")
         self._emit({"event": "hold"})
 
     def _emit(self, event: dict) -> None:
@@ -583,10 +635,10 @@ class _Watch:
 
 
 def run_loop(config: LoopConfig, on_event: Callable[[dict], None] | None = None,
-             environment: Environment = run_experiment) -> str:
+             environment: Environment = run_experiment, say: Callable[[str], None] = print_line) -> str:
     """Run the loop of config.run_dir to its end; experiments come from environment (the real harness unless
-    a synthetic or replayed one is given). Returns why it stopped."""
-    loop = ResearchLoop(config, on_event, environment)
+    a synthetic or replayed one is given); its lines go to say. Returns why it stopped."""
+    loop = ResearchLoop(config, on_event, environment, say)
     try:
         return loop.run()
     finally:

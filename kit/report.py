@@ -1,8 +1,11 @@
-"""What a person reads of a run directory: results.tsv in autoresearch's columns, summary.md and progress.png.
+"""What a person reads of a run directory: results.tsv in autoresearch's columns, summary.md, progress.png and
+report.html, and the counts and the incumbent's mean that every view of a run shows alike.
 
-Owns: turning the ledger's records into those three files, each written whole through a temporary file and a
-rename, so a reader never sees half of one. Does not own: the records (kit/ledger.py) or the live view
-(kit/dashboard.py).
+Owns: `tally` (how many experiments ended how) and `incumbent_means` (the line to follow: the mean of the kept
+train.py's runs), which the dashboard, summary.md, progress.png and report.html all take from here; turning the
+ledger's records into those files, each written whole through a temporary file and a rename, so a reader never sees
+half of one. Does not own: the records (kit/ledger.py), report.html's page (kit/report_html.py), the live view
+(kit/dashboard.py) or the Optuna mirror (kit/mirror.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from kit.results import FAILURES, Status
 from kit.run_state import NOISE_POLICY, RunState, runs_of
 
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"  # autoresearch's results.tsv, column for column
+COUNTED = ("noise floor", "kept", "discarded", "pruned", "failed", "rejected", "contended")
+"""How an experiment ended, as every view counts it; each record is one of these."""
 
 
 def tsv_status(record: Record) -> str:
@@ -29,7 +34,38 @@ def tsv_status(record: Record) -> str:
     return "crash" if record.status in FAILURES else "keep" if record.accepted else "discard"
 
 
-def _one_line(text: str) -> str:
+def counted_as(record: Record) -> str:
+    """Which of COUNTED a record is: a contended run was never judged, whoever proposed it; the baseline's runs are
+    the noise floor (the first of them is the first incumbent, not a kept edit); a rejected proposal never ran."""
+    if record.status == Status.CONTENDED:
+        return "contended"
+    if record.policy == NOISE_POLICY:
+        return "noise floor"
+    if record.accepted:
+        return "kept"
+    if record.status == Status.REJECTED:
+        return "rejected"
+    if record.status in FAILURES:
+        return "failed"
+    return "pruned" if record.status == Status.PRUNED else "discarded"
+
+
+def tally(records: list[Record]) -> dict[str, int]:
+    """How many records ended each way of COUNTED (every key present)."""
+    counts = dict.fromkeys(COUNTED, 0)
+    for record in records:
+        counts[counted_as(record)] += 1
+    return counts
+
+
+def counts_line(records: list[Record]) -> str:
+    """The tally in one sentence: the same words in the dashboard, summary.md and report.html."""
+    counts = tally(records)
+    words = ", ".join(f"{n} {name}" + (" (not judged)" if name == "contended" else "") for name, n in counts.items())
+    return f"{len(records)} experiments: {words}."
+
+
+def one_line(text: str) -> str:
     """Tabs and newlines would break a TSV row, a table cell or a plot label."""
     return " ".join(text.split())
 
@@ -44,7 +80,7 @@ def results_tsv(records: list[Record]) -> str:
         description = record.description
         if crashed and record.reason:
             description = f"{description} ({record.status}: {record.reason[:200]})"
-        description = _one_line(description) or "-"
+        description = one_line(description) or "-"
         lines.append(f"{(record.commit or '-')[:7]}\t{val_bpb:.6f}\t{memory_gb:.1f}\t{status}\t{description}")
     return "\n".join(lines) + "\n"
 
@@ -94,7 +130,7 @@ def incumbent_means(records: list[Record]) -> list[tuple[int, float]]:
     return points
 
 
-def _headline(result: Standing | None) -> list[str]:
+def headline(result: Standing | None) -> list[str]:
     if result is None:
         return ["train.py now: not measured yet (the baseline has no ok run).", ""]
     spread = (f"the noise floor ({result.noise_runs} runs of the baseline under different seeds) spreads "
@@ -112,12 +148,12 @@ def _headline(result: Standing | None) -> list[str]:
             f"{result.edits_kept} edit(s) kept; {spread}.", ""]
 
 
-def _best_single_run(measured: list[Record], kept_code: str | None) -> list[str]:
+def best_single_run(measured: list[Record], kept_code: str | None) -> list[str]:
     if not measured:
         return ["Best single run: none yet (no ok run).", ""]
     best = min(measured, key=lambda r: r.val_bpb)
     line = (f"Best single run: {best.val_bpb:.6f} (one run under one seed, not a mean: iteration {best.iteration}, "
-            f"{tsv_status(best)}, policy {best.policy}): {_one_line(best.description)}.")
+            f"{tsv_status(best)}, policy {best.policy}): {one_line(best.description)}.")
     if best.policy == NOISE_POLICY:
         line += (" It is a noise-floor run of the unchanged baseline: how far it lies below the baseline's mean is "
                  "luck, not an improvement.")
@@ -129,13 +165,10 @@ def _best_single_run(measured: list[Record], kept_code: str | None) -> list[str]
 def summary_markdown(records: list[Record]) -> str:
     """A short report: what train.py is now against the baseline (means, with the noise floor's spread), the best
     single run labelled as one, counts, time spent."""
-    words = [tsv_status(r) for r in records]
     measured = [r for r in records if r.status == Status.OK and r.val_bpb is not None]
     kept = [r.code_hash for r in records if r.accepted]
-    lines = ["# Run summary", "", *_headline(standing(records)), *_best_single_run(measured, (kept or [None])[-1]),
-             f"{len(records)} experiments: {words.count('keep')} kept, {words.count('discard')} discarded, "
-             f"{words.count('crash')} crashed, {words.count('contended')} contended (not judged).", "",
-             "| status | count |", "|---|---:|"]
+    lines = ["# Run summary", "", *headline(standing(records)), *best_single_run(measured, (kept or [None])[-1]),
+             counts_line(records), "", "| status | count |", "|---|---:|"]
     lines += [f"| {s.value} | {sum(r.status == s.value for r in records)} |" for s in Status]
     lines.append("")
     if records:
@@ -151,7 +184,7 @@ def summary_markdown(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
-def _plot_progress(records: list[Record], path: Path) -> None:
+def plot_progress(records: list[Record], path) -> None:
     """Every measured run as a point (noise-floor seeds apart), the kept train.py's mean as the line to follow, the
     noise floor as a band around the baseline's mean, and the best single run marked as a single run."""
     import numpy as np
@@ -181,7 +214,7 @@ def _plot_progress(records: list[Record], path: Path) -> None:
     ax.scatter([r.iteration for r in kept], [r.val_bpb for r in kept], s=40, color="#2a9d4b", edgecolors="black",
                zorder=3, label=f"runs of kept edits ({len(kept)})")
     for r in (r for r in kept if r.accepted):
-        label = _one_line(r.description).split(" (")[0][:40]  # the edit, without a re-run's "(run k of n ...)"
+        label = one_line(r.description).split(" (")[0][:40]  # the edit, without a re-run's "(run k of n ...)"
         ax.annotate(label, (r.iteration, r.val_bpb), xytext=(4, 4), textcoords="offset points", fontsize=7,
                     rotation=20, color="#1d6e34")
     if means := incumbent_means(records):
@@ -213,13 +246,17 @@ def _plot_progress(records: list[Record], path: Path) -> None:
 
 
 def write_report(run_dir: Path, ledger: Ledger) -> dict[str, Path]:
-    """Write results.tsv, progress.png and summary.md into run_dir; returns their paths keyed by file name."""
+    """Write results.tsv, progress.png, summary.md and report.html into run_dir; returns their paths keyed by file
+    name."""
+    from kit.report_html import render
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     records = ledger.records()
     writers = {"results.tsv": lambda path: path.write_text(results_tsv(records), encoding="utf-8"),
-               "progress.png": lambda path: _plot_progress(records, path),
-               "summary.md": lambda path: path.write_text(summary_markdown(records), encoding="utf-8")}
+               "progress.png": lambda path: plot_progress(records, path),
+               "summary.md": lambda path: path.write_text(summary_markdown(records), encoding="utf-8"),
+               "report.html": lambda path: path.write_text(render(run_dir, records), encoding="utf-8")}
     for name, write in writers.items():  # through a temporary file and a rename: a reader never sees half a file
         write(run_dir / f".{name}.tmp")
         os.replace(run_dir / f".{name}.tmp", run_dir / name)

@@ -1,17 +1,22 @@
-"""When the research loop stops, and when it waits: limits, the termination oracle, and the files a person (or
-the dashboard) uses to stop or hold it.
+"""When the research loop stops, and when it waits: limits, the termination oracle, the files a person (or
+the dashboard) uses to stop or hold it, and the file that says whether it runs and why it stopped.
 
 Owns: `StopConditions`, a small callable over the records so far that says which condition fired (an iteration,
 hour or GPU-hour limit, or convergence: the 95 % upper bound of the chance that an experiment still improves the
-best by more than ε falls below a threshold), RUN_DIR/STOP and RUN_DIR/HOLD, and Ctrl-C (the first one stops the
-loop after the running experiment, a second one aborts it).
+best by more than ε falls below a threshold), RUN_DIR/STOP and RUN_DIR/HOLD, Ctrl-C (the first one stops the
+loop after the running experiment, a second one aborts it), and RUN_DIR/loop.json (`LoopStatus`: running, or
+finished, stopped, paused or failed and why), which outlives the process, so a view opened later can say it.
 Does not own: the estimate behind convergence (kit/bound.py) or the loop that asks (kit/loop.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +28,10 @@ from kit.ledger import Record
 from kit.results import Status
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY
 
-STOP_FILE, HOLD_FILE = "STOP", "HOLD"
+STOP_FILE, HOLD_FILE, STATUS_FILE = "STOP", "HOLD", "loop.json"
+ENDED = ("finished", "stopped", "paused", "failed")
+"""How a loop can end: a limit or the oracle (finished), a person (stopped: STOP, Ctrl-C), failures in a row or a
+busy machine (paused: the same command resumes), an error (failed)."""
 
 
 @dataclass(frozen=True)
@@ -136,3 +144,77 @@ def first_ctrl_c_calls(on_first: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@dataclass(frozen=True)
+class LoopStatus:
+    """What RUN_DIR/loop.json says: the loop runs (in process pid on host), or how and why it ended."""
+
+    state: str  # "running" or one of ENDED
+    reason: str = ""  # why it ended, in one line
+    pid: int | None = None
+    host: str = ""
+    started: float | None = None  # unix time this invocation started
+    ended: float | None = None
+    iterations: int | None = None  # this invocation's limits, for "k of N" and the time left
+    hours: float | None = None
+
+    @classmethod
+    def running(cls, stop: StopConditions) -> LoopStatus:
+        return cls("running", pid=os.getpid(), host=socket.gethostname(), started=time.time(),
+                   iterations=stop.iterations, hours=stop.hours)
+
+    def ended_as(self, state: str, reason: str) -> LoopStatus:
+        if state not in ENDED:
+            raise ValueError(f"a loop ends as one of {ENDED}, got {state=}")
+        return dataclasses.replace(self, state=state, reason=reason, ended=time.time())
+
+    @property
+    def alive(self) -> bool:
+        """Running, and its process is still there (a SIGKILL leaves "running" behind on disk)."""
+        if self.state != "running" or self.pid is None:
+            return False
+        if self.host and self.host != socket.gethostname():
+            return True  # another machine's process: nothing here can tell, so believe the file
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def write_status(run_dir: Path, status: LoopStatus) -> None:
+    """RUN_DIR/loop.json, written whole (a temporary file and a rename)."""
+    path = Path(run_dir) / STATUS_FILE
+    tmp = path.with_name(f".{STATUS_FILE}.tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(status)) + "\n")
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: Path) -> LoopStatus | None:
+    """What RUN_DIR/loop.json says; None where there is none (a loop of an older kit, or none yet) or it is
+    unreadable."""
+    try:
+        saved = json.loads((Path(run_dir) / STATUS_FILE).read_text())
+        return LoopStatus(**{f.name: saved[f.name] for f in dataclasses.fields(LoopStatus) if f.name in saved})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def describe_loop(run_dir: Path, has_records: bool) -> str:
+    """What the loop of run_dir is doing, in one line, as every view says it: running (on hold, stopping), not
+    running though loop.json says so (its process is gone), or how and why it ended."""
+    status = read_status(run_dir)
+    if status is None:
+        return "not running (no loop has said how it ended here)" if has_records else "not started"
+    if status.state != "running":
+        return f"{status.state}: {status.reason}"
+    if not status.alive:
+        return "not running: the loop's process ended without saying why (killed?); the same command resumes it"
+    if (Path(run_dir) / STOP_FILE).exists():
+        return "stopping after the running experiment"
+    if (Path(run_dir) / HOLD_FILE).exists():
+        return "on hold: no new experiment starts until resumed"
+    return "running"

@@ -150,3 +150,29 @@ def test_a_run_that_shares_its_cores_is_contended_not_judged_and_a_quiet_one_is_
     assert busy.status is Status.CONTENDED and busy.val_bpb is None, busy
     assert busy.timings["others_share"] > 0.10 and "of its cores while it trained" in busy.reason
     assert "not judged; it would have been" in busy.reason
+
+
+def test_train_log_is_written_line_by_line_while_the_run_goes(tmp_path):
+    """The dashboard reads train.log during a run: a line is there as soon as the run prints it, not at its end."""
+    import os
+    import time
+
+    from kit import sandbox
+    from kit.harness import _Process
+
+    go = tmp_path / "go"
+    script = ("import os, time\nprint('@progress first', flush=True)\n"
+              f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.05)\nprint('last', flush=True)\n")
+    log = tmp_path / "train.log"
+    process = _Process([sys.executable, "-c", script], env=dict(os.environ), cwd=tmp_path,
+                       spec=sandbox.SandboxSpec(writable=(tmp_path,)), log_path=log)
+    try:
+        deadline = time.monotonic() + 120
+        while "@progress first" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = log.read_text()
+        assert "@progress first" in text and "last" not in text  # the run is still waiting for us
+    finally:
+        go.touch()
+        process.close()
+    assert log.read_text().splitlines() == ["@progress first", "last"]

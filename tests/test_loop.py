@@ -19,6 +19,7 @@ from kit.loop import CANDIDATE_FILE, ResumeError, run_loop
 from kit.memory import code_hash
 from kit.report import TSV_HEADER
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, runs_of
+from kit.stopping import StopConditions, read_status
 
 from .helpers import REPO, TRAIN_PY, StandIn, flat, ledger_records, loop_config
 
@@ -37,6 +38,7 @@ def _check_run_dir(run_dir: Path, expected: int) -> list:
     assert rows[0] == TSV_HEADER and len(rows) == expected + 1
     assert (run_dir / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "val_bpb" in (run_dir / "summary.md").read_text()
+    assert "<h2>Where it stands</h2>" in (run_dir / "report.html").read_text()
     # train.py on the branch is the last accepted one, and every accepted record is a commit of it
     accepted = [r for r in ran if r.accepted]
     assert accepted, "the first noise-floor run (the baseline) is always kept"
@@ -73,11 +75,11 @@ def test_a_baseline_that_always_fails_pauses_after_three_and_resumes(smoke_data,
     run_dir = tmp_path / "run"
     reason = run_loop(loop_config(tmp_path, budget=1.0, train_py=broken, early_stopping="same-progress"))
     assert reason.startswith("paused: 3 failures in a row (last: crash: ValueError: broken)")
-    assert (run_dir / "PAUSED").exists()
+    assert (run_dir / "PAUSED").exists() and read_status(run_dir).state == "paused"
     # running again resumes: the pause is lifted, the strikes start over
     again = loop_config(tmp_path, iterations=4, budget=1.0, train_py=broken, early_stopping="same-progress")
     assert run_loop(again).startswith("iterations: 4")
-    assert not (run_dir / "PAUSED").exists()
+    assert not (run_dir / "PAUSED").exists() and read_status(run_dir).state == "finished"
 
 
 def test_the_stop_file_stops_before_the_next_experiment(smoke_data, tmp_path):
@@ -87,6 +89,8 @@ def test_the_stop_file_stops_before_the_next_experiment(smoke_data, tmp_path):
     reason = run_loop(loop_config(tmp_path, budget=1.0))
     assert reason == f"stopped by the stop file {run_dir.resolve() / 'STOP'}"
     assert not (run_dir / "STOP").exists()
+    status = read_status(run_dir)
+    assert (status.state, status.reason, status.pid) == ("stopped", reason, os.getpid()) and not status.alive
     with Ledger(run_dir, readonly=True) as ledger:
         assert len(ledger) == 0
 
@@ -368,3 +372,23 @@ def test_ppo_asks_cmaes_for_some_experiments_and_tells_it_every_run(tmp_path):
     ran = [r for r in agent if r.status in ("ok", "pruned")]  # a pruned run is told its forecast
     assert len(witnessed) == 3 + confirms, "the noise floor's runs and a near miss's re-runs"
     assert len(generations) == len(ran), "its own samples and the catalog edits, each as a member of a generation"
+
+
+def test_loop_json_says_it_runs_then_how_it_ended_and_its_lines_go_where_it_is_told(tmp_path):
+    seen, lines = [], []
+
+    def world(source, run_dir, config, monitor=None):
+        seen.append(read_status(tmp_path / "run"))
+        if len(seen) == 4:
+            raise RuntimeError("the world broke")
+        return StandIn(TRAIN_PY.read_text(), first=2.4, later=2.4)(source, run_dir, config, monitor)
+
+    config = loop_config(tmp_path, iterations=10, stop=StopConditions(iterations=10, hours=2.0))
+    with pytest.raises(RuntimeError, match="the world broke"):
+        run_loop(config, environment=world, say=lines.append)
+    running = seen[0]
+    assert running.state == "running" and running.alive and (running.iterations, running.hours) == (10, 2.0)
+    ended = read_status(config.run_dir)
+    assert ended.state == "failed" and ended.reason == "RuntimeError: the world broke" and not ended.alive
+    assert [line[:10] for line in lines] == ["[   1] ok ", "[   2] ok ", "[   3] ok "]
+    assert (config.run_dir / "report.html").exists()  # the report is written however it ended

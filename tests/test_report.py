@@ -31,7 +31,7 @@ def _report(tmp_path):
 
 def test_results_tsv_has_autoresearchs_columns_and_one_row_per_record(tmp_path):
     records, paths = _report(tmp_path)
-    assert set(paths) == {"results.tsv", "progress.png", "summary.md"}
+    assert set(paths) == {"results.tsv", "progress.png", "summary.md", "report.html"}
     lines = paths["results.tsv"].read_text().splitlines()
     assert lines[0] == TSV_HEADER == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
     rows = [line.split("\t") for line in lines[1:]]
@@ -59,7 +59,8 @@ def test_progress_png_is_a_real_image(tmp_path):
 def test_summary_states_counts_and_the_best_val_bpb(tmp_path):
     _, paths = _report(tmp_path)
     text = paths["summary.md"].read_text()
-    assert "11 experiments: 2 kept, 4 discarded, 4 crashed, 1 contended (not judged)." in text
+    assert ("11 experiments: 0 noise floor, 2 kept, 2 discarded, 2 pruned, 3 failed, 1 rejected, 1 contended (not "
+            "judged).") in text
     for status, count in {"ok": 4, "pruned": 2, "crash": 1, "timeout": 1, "rejected": 1, "tampered": 1,
                           "contended": 1}.items():
         assert f"| {status} | {count} |" in text
@@ -75,7 +76,9 @@ def test_a_report_of_an_empty_ledger(tmp_path):
     assert paths["results.tsv"].read_text() == TSV_HEADER + "\n"
     assert paths["progress.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = paths["summary.md"].read_text()
-    assert "0 experiments: 0 kept, 0 discarded, 0 crashed, 0 contended (not judged)." in text
+    assert ("0 experiments: 0 noise floor, 0 kept, 0 discarded, 0 pruned, 0 failed, 0 rejected, 0 contended (not "
+            "judged).") in text
+    assert "no loop has" not in paths["report.html"].read_text() and "not started" in paths["report.html"].read_text()
     assert "train.py now: not measured yet" in text and "Best single run: none yet" in text
 
 
@@ -135,3 +138,34 @@ def test_progress_png_follows_the_kept_mean_not_the_best_single_run(tmp_path):
     expected = [(1, 2.50), (2, 2.51), (3, 2.50), (4, 2.50), (5, 2.50), (6, 2.45)]
     assert [i for i, _ in means] == [i for i, _ in expected]
     assert all(abs(m - e) < 1e-9 for (_, m), (_, e) in zip(means, expected, strict=True))
+
+
+def test_report_html_is_one_self_contained_page_of_the_run(tmp_path):
+    import json
+    import re
+
+    rows = [*NOISE_FLOOR, (2.30, "cc" * 32, False, "ppo"), (2.46, EDIT, False, "ppo"), (2.44, EDIT, True, "confirm")]
+    with Ledger(tmp_path) as ledger:
+        for i, (value, digest, accepted, policy) in enumerate(rows, start=1):
+            ledger.append(make_record(iteration=i, val_bpb=value, code_hash=digest, accepted=accepted, policy=policy,
+                                      description=f"experiment {i}", diff=f"-A = {i}\n+A = <{i + 1}>\n"))
+        ledger.append(make_record(iteration=7, status="pruned", val_bpb=None, accepted=False, description="cut short",
+                                  predictions=[{"progress": 0.3, "stop": True, "predicted": 2.9,
+                                                "predicted_loss": 3.1, "reason": "worse"}]))
+        (tmp_path / "ablation.json").write_text(json.dumps(
+            [{"config": c, "seed": s, "status": "ok", "val_bpb": v, "num_steps": 10, "diff": ""}
+             for c, vs in (("baseline", (2.50, 2.52)), ("QK-norm", (2.45, 2.49))) for s, v in enumerate(vs)]))
+        page = write_report(tmp_path, ledger)["report.html"].read_text()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert not re.search(r"(src|href)=['\"]?https?:", page)  # nothing to fetch: it opens offline
+    assert page.count("src='data:image/png;base64,") == 2  # progress and curves (the ablation left no chart)
+    sections = re.findall(r"<h2>(.*?)</h2>", page)
+    assert sections == ["Where it stands", "Learning curves", "Kept edits", "Ablation", "Every experiment",
+                        "Environment"]
+    assert "train.py now: mean val_bpb <b>2.450000</b> over 2 run(s)" in page
+    assert "7 experiments: 3 noise floor, 1 kept, 2 discarded, 1 pruned" in page
+    kept = page.split("<h2>Kept edits</h2>")[1].split("<h2>")[0]
+    assert "experiment 6" in kept and "+A = &lt;7&gt;" in kept and "2.460000, 2.440000" in kept
+    ablation = page.split("<h2>Ablation</h2>")[1].split("<h2>")[0]
+    assert "QK-norm" in ablation and "-0.0400" in ablation
+    assert page.split("<h2>Every experiment</h2>")[1].split("<h2>")[0].count("<tr>") == 1 + 7

@@ -6,7 +6,18 @@ import time
 import pytest
 
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY
-from kit.stopping import HOLD_FILE, STOP_FILE, StopConditions, stop_requested, wait_while_held
+from kit.stopping import (
+    HOLD_FILE,
+    STATUS_FILE,
+    STOP_FILE,
+    LoopStatus,
+    StopConditions,
+    describe_loop,
+    read_status,
+    stop_requested,
+    wait_while_held,
+    write_status,
+)
 
 from .helpers import make_record
 
@@ -83,3 +94,30 @@ def test_a_stop_file_or_an_interrupt_ends_a_hold(tmp_path):
     (tmp_path / STOP_FILE).unlink()
     wait_while_held(tmp_path, lambda: True, lambda: None, poll=0.05)  # returns: interrupted
     assert (tmp_path / HOLD_FILE).exists()  # the hold itself is the user's to lift
+
+
+def test_loop_json_round_trips_and_tells_a_live_loop_from_a_killed_one(tmp_path):
+    import subprocess
+    import sys
+
+    assert read_status(tmp_path) is None and describe_loop(tmp_path, has_records=False) == "not started"
+    running = LoopStatus.running(StopConditions(iterations=12, hours=1.5))
+    write_status(tmp_path, running)
+    assert read_status(tmp_path) == running and running.alive and describe_loop(tmp_path, True) == "running"
+    (tmp_path / HOLD_FILE).touch()
+    assert describe_loop(tmp_path, True).startswith("on hold")
+    (tmp_path / STOP_FILE).touch()
+    assert describe_loop(tmp_path, True) == "stopping after the running experiment"
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that has ended: as after a SIGKILL, loop.json still says "running"
+    write_status(tmp_path, LoopStatus("running", pid=gone.pid, host=running.host))
+    assert not read_status(tmp_path).alive
+    assert describe_loop(tmp_path, True).startswith("not running: the loop's process ended without saying why")
+
+    write_status(tmp_path, running.ended_as("finished", "iterations: 12 experiments recorded (limit 12)"))
+    assert describe_loop(tmp_path, True) == "finished: iterations: 12 experiments recorded (limit 12)"
+    with pytest.raises(ValueError, match="ends as one of"):
+        running.ended_as("exploded", "")
+    (tmp_path / STATUS_FILE).write_text("{half a file")
+    assert read_status(tmp_path) is None  # unreadable: treated as no word at all, never a crash

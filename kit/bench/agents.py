@@ -81,7 +81,7 @@ def run_one(policy: str, seed: int, environment: Environment, experiments: int, 
     started = time.perf_counter()
     world = _Expecting(environment)
     config = LoopConfig(run_dir=run_dir, profile=profile, policy="ppo" if policy == SCRATCH else policy, seed=seed,
-                        budget=budget, from_scratch=policy == SCRATCH, noise_repeats=noise_repeats,
+                        budget=budget, from_scratch=policy == SCRATCH, noise_repeats=noise_repeats, mirror=False,
                         stop=StopConditions(iterations=experiments + noise_repeats))
     records, pauses = run_to_end(config, world)
     wall = time.perf_counter() - started

@@ -157,7 +157,7 @@ def run_episode(episode: Episode, checkpoint: dict | None, work: Path, seed: int
     world = SyntheticFamily(episode.start, FamilyConfig(member=episode.member, budget=episode.budget))
     config = LoopConfig(run_dir=run_dir, profile="smoke", policy="ppo", seed=seed,
                         budget=episode.budget, train_py=train_py, from_scratch=True, ppo=ppo, reward=reward,
-                        noise_repeats=NOISE_REPEATS,
+                        noise_repeats=NOISE_REPEATS, mirror=False,
                         stop=StopConditions(iterations=episode.experiments + NOISE_REPEATS))
     run_to_end(config, world)
     saved = torch.load(run_dir / POLICY_FILE, weights_only=False)

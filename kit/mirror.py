@@ -1,0 +1,152 @@
+"""The run directory as an Optuna study, so that optuna-dashboard shows a run while it goes and after.
+
+Owns: RUN_DIR/optuna.sqlite3 (Optuna's RDB storage) holding one study named after the run directory, and `Mirror`,
+which adds the ledger's records it does not hold yet, in order, one trial each: the ranged hyperparameters of the
+train.py that ran as params (on the baseline's declared ranges; a value outside them is left out), val_bpb as the
+value, the state from the status (ok: COMPLETE; pruned: PRUNED; every failure, and a contended run, which was never
+judged: FAIL), the learning curve as intermediate values (the latest loss in each training second, keyed by the
+second), and iteration, status, reason, description, diff, commit, seed, policy and whether it was kept as user
+attributes. Writers take RUN_DIR/optuna.lock, so the loop and `python -m kit dashboard` can both keep it in step.
+The ledger stays the record: the mirror can be deleted and rebuilt from it at any time.
+Does not own: the records (kit/ledger.py), train.py's history (kit/repo.py) or serving the page (kit/cli.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from kit import edits
+from kit.ledger import Record
+from kit.results import Status
+
+STUDY_FILE, LOCK_FILE = "optuna.sqlite3", "optuna.lock"
+STATES = {Status.OK: "COMPLETE", Status.PRUNED: "PRUNED"}  # every other status is FAIL
+
+
+def storage_url(run_dir: Path) -> str:
+    return f"sqlite:///{(Path(run_dir) / STUDY_FILE).resolve()}"
+
+
+class Mirror:
+    """The Optuna study of one run directory; `sync(records)` brings it up to them."""
+
+    def __init__(self, run_dir: Path, baseline: str, source_of: Callable[[Record], str | None]):
+        """baseline: the run's first train.py, whose declared ranges are the study's distributions; source_of: the
+        train.py a record ran, or None where it cannot be told (kit.repo.TrainRepo.source_of)."""
+        from kit.policies.samplers import distribution
+
+        self.run_dir, self.source_of = Path(run_dir), source_of
+        self.distributions = {k.name: distribution(k) for k in edits.knobs(baseline) if k.has_range}
+        self._study = None
+
+    @classmethod
+    def of(cls, run_dir: Path) -> Mirror:
+        """The mirror of a run directory as a reader builds it: the baseline and every record's train.py from its git
+        history (none where there is no history: trials without params)."""
+        from kit.ledger import Ledger
+        from kit.repo import TrainRepo
+
+        repo = TrainRepo(Path(run_dir) / "repo")
+        with Ledger(run_dir, readonly=True) as ledger:
+            baseline_commit = ledger.get_meta("baseline_commit")
+        if baseline_commit is None or not repo.exists():
+            return cls(run_dir, "", lambda record: None)
+        return cls(run_dir, repo.show(baseline_commit), repo.source_of)
+
+    def follow_ledger(self) -> int:
+        """sync with the ledger's records as they are now (read-only: a loop may be writing them)."""
+        from kit.ledger import Ledger
+
+        with Ledger(self.run_dir, readonly=True) as ledger:
+            return self.sync(ledger.records())
+
+    @property
+    def study(self):
+        import optuna
+
+        if self._study is None:
+            logging.getLogger("optuna").setLevel(logging.WARNING)  # the ledger says everything already
+            storage = optuna.storages.RDBStorage(storage_url(self.run_dir),
+                                                 engine_kwargs={"connect_args": {"timeout": 30}})
+            self._study = optuna.create_study(storage=storage, study_name=self.run_dir.name, direction="minimize",
+                                              load_if_exists=True)
+        return self._study
+
+    def sync(self, records: list[Record]) -> int:
+        """Add the records the study does not hold yet (it holds the first n: one trial per record, in order); how
+        many were added."""
+        with self._locked():
+            held = len(self.study.get_trials(deepcopy=False))
+            for record in records[held:]:
+                self.study.add_trial(self.trial(record))
+            return max(0, len(records) - held)
+
+    def trial(self, record: Record):
+        """The record as a finished Optuna trial."""
+        import optuna
+        from optuna.trial import TrialState
+
+        state = TrialState[STATES.get(Status(record.status), "FAIL")]
+        ended = datetime.datetime.fromtimestamp(record.created or 0.0)
+        params = self.params(record)
+        return optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=state, value=record.val_bpb if state is TrialState.COMPLETE else None,
+            values=None, datetime_start=ended - datetime.timedelta(seconds=record.total_seconds),
+            datetime_complete=ended, params=params, distributions={n: self.distributions[n] for n in params},
+            user_attrs=_attributes(record), system_attrs={}, intermediate_values=_per_second(record.curve))
+
+    def params(self, record: Record) -> dict[str, Any]:
+        """The ranged knobs of the train.py the record ran, where they lie in the baseline's ranges; none for a
+        proposal that made no train.py (it was refused before anything ran)."""
+        if record.status == Status.REJECTED and not record.diff:
+            return {}
+        source = self.source_of(record)
+        if source is None:
+            return {}
+        try:
+            knobs = edits.knobs(source)
+        except (SyntaxError, ValueError):
+            return {}
+        params = {}
+        for knob in knobs:
+            distribution = self.distributions.get(knob.name)
+            with contextlib.suppress(ValueError, TypeError):  # a value of another type, or out of the range
+                if distribution is not None and distribution._contains(distribution.to_internal_repr(knob.value)):
+                    params[knob.name] = knob.value
+        return params
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.run_dir / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _attributes(record: Record) -> dict[str, Any]:
+    return {"iteration": record.iteration, "status": record.status, "reason": record.reason,
+            "description": record.description, "policy": record.policy, "kept": record.accepted,
+            "diff": record.diff, "commit": record.commit or "", "seed": record.seed}
+
+
+def _per_second(curve: list) -> dict[int, float]:
+    """The latest loss in each whole training second: optuna-dashboard plots intermediate values by integer step."""
+    values: dict[int, float] = {}
+    for t, loss in curve:
+        if loss == loss and abs(loss) != float("inf"):  # Optuna refuses NaN and infinities
+            values[int(t)] = float(loss)
+    return values
+
+
+def rebuild_from(run_dir: Path) -> int:
+    """Bring RUN_DIR's mirror up to its ledger (creating it if there is none, as for a run directory written before
+    there was a mirror); how many trials were added."""
+    return Mirror.of(run_dir).follow_ledger()
