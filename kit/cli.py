@@ -4,7 +4,7 @@
     python -m kit experiment [train.py] [--profile cpu] [--budget S] [--seed N] [--run-dir DIR] [--json]
     python -m kit loop [--profile cpu] [--policy ppo] [--iterations N] [--hours H] [--run-dir DIR] ...
     python -m kit report RUN_DIR
-    python -m kit dashboard RUN_DIR [--port 8080]             optuna-dashboard on the run's Optuna mirror
+    python -m kit dashboard RUN_DIR [RUN_DIR ...] [--port 8080]   optuna-dashboard on runs' Optuna mirrors
     python -m kit bench {record,early-stopping,agents} ...     (kit/bench/cli.py)
 
 Owns: the commands' arguments, dispatch (one function per command), one-line errors for bad input (exit 2) and
@@ -111,8 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_report)
 
     board = commands.add_parser("dashboard", help="serve optuna-dashboard on a run directory's Optuna mirror "
-                                "(rebuilt from the ledger, and kept in step while a loop runs)")
-    board.add_argument("run_dir", type=Path)
+                                "(rebuilt from the ledger, and kept in step while a loop runs), or on several side by "
+                                "side")
+    board.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="one run directory, or several to "
+                       "compare (mirrored into one temporary storage, a study each)")
     board.add_argument("--port", type=positive_int, default=8080)
     board.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     board.set_defaults(run=_dashboard)
@@ -186,33 +188,45 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
     import threading
 
-    from kit.mirror import Mirror, storage_url
+    from kit.mirror import Mirror, side_by_side, storage_url
 
-    if not (args.run_dir / "ledger.sqlite").exists():
-        raise UsageError(f"no ledger in {args.run_dir}: give the --run-dir of a loop")
+    for run_dir in args.run_dirs:
+        if not (run_dir / "ledger.sqlite").exists():
+            raise UsageError(f"no ledger in {run_dir}: give the --run-dir of a loop")
     try:
         from optuna_dashboard import run_server
     except ImportError:
         raise UsageError("optuna-dashboard is not installed: pip install -r requirements.txt") from None
-    mirror = Mirror.of(args.run_dir)
-    mirror.study  # noqa: B018 - the storage and the study exist before the server opens them
+    scratch = Path(tempfile.mkdtemp(prefix="kit-dashboard-")) if len(args.run_dirs) > 1 else None
+    mirrors = [Mirror.of(args.run_dirs[0])] if scratch is None else \
+        side_by_side(args.run_dirs, scratch / "side-by-side.sqlite3")
+    for mirror in mirrors:
+        mirror.study  # noqa: B018 - the storage and the studies exist before the server opens them
 
     def follow() -> None:
-        """Rebuild the mirror from the ledger (a run directory from before the mirror, or a loop of an older kit), then
-        keep it in step: the page shows trials as they arrive."""
+        """Rebuild the mirrors from the ledgers (a run directory from before the mirror, a loop of an older kit, or
+        several side by side), then keep them in step: the page shows trials as they arrive."""
         while True:
-            try:
-                if added := mirror.follow_ledger():
-                    print(f"{added} trial(s) added to {storage_url(args.run_dir)} from the ledger", flush=True)
-            except Exception as error:  # noqa: BLE001 - shown, and tried again
-                print(f"could not bring the mirror up to the ledger ({error}); trying again", file=sys.stderr)
+            for mirror in mirrors:
+                try:
+                    if added := mirror.follow_ledger():
+                        print(f"{mirror.name}: {added} trial(s) added from its ledger", flush=True)
+                except Exception as error:  # noqa: BLE001 - shown, and tried again
+                    print(f"{mirror.name}: could not bring the mirror up to the ledger ({error}); trying again",
+                          file=sys.stderr)
             time.sleep(5)
 
     threading.Thread(target=follow, daemon=True, name="mirror").start()
     print(f"optuna-dashboard: http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
-    run_server(storage_url(args.run_dir), host=args.host, port=args.port)
+    try:
+        run_server(storage_url(mirrors[0].storage), host=args.host, port=args.port)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

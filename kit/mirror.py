@@ -7,7 +7,8 @@ value, the state from the status (ok: COMPLETE; pruned: PRUNED; every failure, a
 judged: FAIL), the learning curve as intermediate values (the latest loss in each training second, keyed by the
 second), and iteration, status, reason, description, diff, commit, seed, policy and whether it was kept as user
 attributes. Writers take RUN_DIR/optuna.lock, so the loop and `python -m kit dashboard` can both keep it in step.
-The ledger stays the record: the mirror can be deleted and rebuilt from it at any time.
+The ledger stays the record: the mirror can be deleted and rebuilt from it at any time. `side_by_side` mirrors several
+run directories into one storage, a study each, so optuna-dashboard can compare them.
 Does not own: the records (kit/ledger.py), train.py's history (kit/repo.py) or serving the page (kit/cli.py).
 """
 
@@ -25,28 +26,34 @@ from kit import edits
 from kit.ledger import Record
 from kit.results import Status
 
-STUDY_FILE, LOCK_FILE = "optuna.sqlite3", "optuna.lock"
+STUDY_FILE = "optuna.sqlite3"
 STATES = {Status.OK: "COMPLETE", Status.PRUNED: "PRUNED"}  # every other status is FAIL
 
 
-def storage_url(run_dir: Path) -> str:
-    return f"sqlite:///{(Path(run_dir) / STUDY_FILE).resolve()}"
+def storage_url(path: Path) -> str:
+    """The RDB URL of a mirror's file: RUN_DIR/optuna.sqlite3 for a run directory, or the file itself."""
+    path = Path(path)
+    return f"sqlite:///{(path / STUDY_FILE if path.is_dir() else path).resolve()}"
 
 
 class Mirror:
     """The Optuna study of one run directory; `sync(records)` brings it up to them."""
 
-    def __init__(self, run_dir: Path, baseline: str, source_of: Callable[[Record], str | None]):
+    def __init__(self, run_dir: Path, baseline: str, source_of: Callable[[Record], str | None],
+                 storage: Path | None = None, name: str | None = None):
         """baseline: the run's first train.py, whose declared ranges are the study's distributions; source_of: the
-        train.py a record ran, or None where it cannot be told (kit.repo.TrainRepo.source_of)."""
+        train.py a record ran, or None where it cannot be told (kit.repo.TrainRepo.source_of); storage: the SQLite
+        file (RUN_DIR/optuna.sqlite3); name: the study's (the run directory's)."""
         from kit.policies.samplers import distribution
 
         self.run_dir, self.source_of = Path(run_dir), source_of
+        self.storage = Path(storage) if storage is not None else self.run_dir / STUDY_FILE
+        self.name = name or self.run_dir.name
         self.distributions = {k.name: distribution(k) for k in edits.knobs(baseline) if k.has_range}
         self._study = None
 
     @classmethod
-    def of(cls, run_dir: Path) -> Mirror:
+    def of(cls, run_dir: Path, storage: Path | None = None, name: str | None = None) -> Mirror:
         """The mirror of a run directory as a reader builds it: the baseline and every record's train.py from its git
         history (none where there is no history: trials without params)."""
         from kit.ledger import Ledger
@@ -56,8 +63,8 @@ class Mirror:
         with Ledger(run_dir, readonly=True) as ledger:
             baseline_commit = ledger.get_meta("baseline_commit")
         if baseline_commit is None or not repo.exists():
-            return cls(run_dir, "", lambda record: None)
-        return cls(run_dir, repo.show(baseline_commit), repo.source_of)
+            return cls(run_dir, "", lambda record: None, storage, name)
+        return cls(run_dir, repo.show(baseline_commit), repo.source_of, storage, name)
 
     def follow_ledger(self) -> int:
         """sync with the ledger's records as they are now (read-only: a loop may be writing them)."""
@@ -72,9 +79,9 @@ class Mirror:
 
         if self._study is None:
             logging.getLogger("optuna").setLevel(logging.WARNING)  # the ledger says everything already
-            storage = optuna.storages.RDBStorage(storage_url(self.run_dir),
+            storage = optuna.storages.RDBStorage(storage_url(self.storage),
                                                  engine_kwargs={"connect_args": {"timeout": 30}})
-            self._study = optuna.create_study(storage=storage, study_name=self.run_dir.name, direction="minimize",
+            self._study = optuna.create_study(storage=storage, study_name=self.name, direction="minimize",
                                               load_if_exists=True)
         return self._study
 
@@ -123,7 +130,7 @@ class Mirror:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.run_dir / LOCK_FILE, "a") as lock:
+        with open(self.storage.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -144,6 +151,18 @@ def _per_second(curve: list) -> dict[int, float]:
         if loss == loss and abs(loss) != float("inf"):  # Optuna refuses NaN and infinities
             values[int(t)] = float(loss)
     return values
+
+
+def side_by_side(run_dirs: list[Path], storage: Path) -> list[Mirror]:
+    """Mirrors of several run directories into one SQLite file, a study each, so that optuna-dashboard lists and
+    compares them; each study is named after the end of its directory's path, as much of it as tells them apart."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    names = [f"{Path(d).name} ({i})" for i, d in enumerate(run_dirs, 1)]  # the same directory twice
+    for depth in range(1, max(map(len, parts)) + 1):
+        if len(set(tried := ["/".join(p[-depth:]) for p in parts])) == len(parts):
+            names = tried
+            break
+    return [Mirror.of(d, storage, name) for d, name in zip(run_dirs, names, strict=True)]
 
 
 def rebuild_from(run_dir: Path) -> int:

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 from kit import edits
 from kit.ledger import Ledger
 from kit.loop import run_loop
-from kit.mirror import STUDY_FILE, Mirror, rebuild_from, storage_url
+from kit.mirror import STUDY_FILE, Mirror, rebuild_from, side_by_side, storage_url
 
 from .helpers import TRAIN_PY, StandIn, loop_config, make_record
 
@@ -70,3 +70,27 @@ def test_the_loop_keeps_the_mirror_in_step_and_a_deleted_mirror_is_rebuilt_from_
 
     run_loop(loop_config(tmp_path, iterations=8), environment=world, say=lambda line: None)  # resumed
     assert len(study_of(config.run_dir).trials) == 8
+
+
+def test_several_run_directories_side_by_side_are_a_study_each_in_one_storage(tmp_path):
+    world = StandIn(BASELINE, first=2.40, later=2.41)
+    dirs = []
+    for i, policy in enumerate(("random", "greedy", "random")):
+        config = loop_config(tmp_path / f"{i}" / ("ppo" if i < 2 else "cmaes"), iterations=4 + i, policy=policy,
+                             mirror=False)  # as the benchmarks leave them: no mirror of their own
+        run_loop(config, environment=world, say=lambda line: None)
+        dirs.append(config.run_dir)
+    assert not any((d / STUDY_FILE).exists() for d in dirs)
+    combined = tmp_path / "side-by-side.sqlite3"
+    mirrors = side_by_side(dirs, combined)
+    assert [m.name for m in mirrors] == ["0/ppo/run", "1/ppo/run", "2/cmaes/run"]  # as much path as tells them apart
+    assert [m.follow_ledger() for m in mirrors] == [4, 5, 6]
+    studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage_url(combined))}
+    assert studies == {"0/ppo/run": 4, "1/ppo/run": 5, "2/cmaes/run": 6}
+
+
+def test_the_dashboard_command_refuses_a_directory_without_a_ledger_in_one_line(tmp_path, capsys):
+    from kit.cli import main
+
+    assert main(["dashboard", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == f"error: no ledger in {tmp_path / 'nowhere'}: give the --run-dir of a loop\n"
