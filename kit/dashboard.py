@@ -29,7 +29,7 @@ import numpy as np
 from kit import edits
 from kit.ledger import Ledger, Record
 from kit.predictor import fit_power_law
-from kit.report import counts_line, incumbent_means, tally
+from kit.report import counts_line, duration, incumbent_means, tally
 from kit.results import Status
 from kit.run_state import NOISE_POLICY
 from kit.stopping import HOLD_FILE, STOP_FILE, LoopStatus, describe_loop, read_status
@@ -71,6 +71,7 @@ class Snapshot:
 
     records: list[Record]
     counts: dict[str, int]  # kit.report.tally: the same counts as summary.md and report.html
+    means: list[tuple[int, float]]  # kit.report.incumbent_means: the kept train.py's mean after each record
     best: float | None  # the mean val_bpb of the kept train.py's runs (the incumbent), never one lucky run
     incumbent: Record | None  # the record that made the kept train.py the incumbent
     state: str  # running, on hold, stopping, or how and why the loop ended
@@ -106,7 +107,7 @@ class Snapshot:
                          f"{status.iterations}")
         if status.hours and status.started and self.running:
             left = max(0.0, status.hours * 3600 - (time.time() - status.started))
-            parts.append(f"{_duration(left)} left of {status.hours:g} h")
+            parts.append(f"{duration(left)} left of {status.hours:g} h")
         return " · ".join(parts)
 
 
@@ -117,8 +118,8 @@ def read_snapshot(run_dir: Path, ledger: Ledger | None) -> Snapshot:
     means = incumbent_means(records)
     status = read_status(run_dir)
     running = status is not None and status.alive
-    snapshot = Snapshot(records=records, counts=tally(records), best=means[-1][1] if means else None,
-                        incumbent=kept[-1] if kept else None, state=describe_loop(run_dir, bool(records)),
+    snapshot = Snapshot(records=records, counts=tally(records), means=means, best=means[-1][1] if means else None,
+                        incumbent=kept[-1] if kept else None, state=describe_loop(run_dir, bool(records), status),
                         running=running, held=(run_dir / HOLD_FILE).exists(), status=status)
     experiment = run_dir / "experiments" / f"{len(records) + 1:05d}"  # the loop's next experiment directory
     if running and (experiment / "train.log").exists() and not (experiment / "result.json").exists():
@@ -128,12 +129,6 @@ def read_snapshot(run_dir: Path, ledger: Ledger | None) -> Snapshot:
         if current.exists() and (experiment / "train.py").exists():
             snapshot.running_diff = edits.unified_diff(current.read_text(), (experiment / "train.py").read_text())
     return snapshot
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m {seconds % 60:02d}s"
 
 
 # ---------------------------------------------------------------------------
@@ -150,11 +145,11 @@ def render_png(snapshot: Snapshot, budget: float | None = None) -> bytes:
     FigureCanvasAgg(fig)
     by_experiment, by_time, live, rewards = fig.subplots(2, 2).ravel()
     records = snapshot.records
-    _best_so_far(by_experiment, records, {r.iteration: r.iteration for r in records}, "experiment")
+    _best_so_far(by_experiment, snapshot, {r.iteration: r.iteration for r in records}, "experiment")
     seconds = np.cumsum([r.total_seconds for r in records])
     unit, scale = _time_unit(float(seconds[-1]) if len(seconds) else 0.0)
     at = {r.iteration: s / scale for r, s in zip(records, seconds, strict=True)}
-    _best_so_far(by_time, records, at, f"{unit} of experiments")
+    _best_so_far(by_time, snapshot, at, f"{unit} of experiments")
     _live_curve(live, snapshot, budget)
     agent = [r for r in records if r.policy != NOISE_POLICY and r.reward is not None]
     rewards.plot([r.iteration for r in agent], [r.reward for r in agent], ".-", color="#6a51a3", lw=0.8)
@@ -170,8 +165,9 @@ def _time_unit(seconds: float) -> tuple[str, float]:
     return ("seconds", 1.0) if seconds < 300 else ("minutes", 60.0) if seconds < 3 * 3600 else ("hours", 3600.0)
 
 
-def _best_so_far(ax, records: list[Record], x: dict[int, float], xlabel: str) -> None:
+def _best_so_far(ax, snapshot: Snapshot, x: dict[int, float], xlabel: str) -> None:
     """Single runs as points (kept ones green), and the kept train.py's mean as the line: what the loop calls best."""
+    records = snapshot.records
     measured = [r for r in records if r.status == Status.OK and r.val_bpb is not None]
     if not measured:
         ax.text(0.5, 0.5, "no measured experiment yet", ha="center", va="center", transform=ax.transAxes)
@@ -181,7 +177,7 @@ def _best_so_far(ax, records: list[Record], x: dict[int, float], xlabel: str) ->
         colors = ["#4c72b0" if r.policy == NOISE_POLICY else "#2a9d4b" if r.code_hash in kept_code else "#b0b0b0"
                   for r in measured]
         ax.scatter([x[r.iteration] for r in measured], values, s=12, c=colors, label="single runs")
-        if means := incumbent_means(records):
+        if means := snapshot.means:
             last = x[records[-1].iteration]
             xs, ys = [x[i] for i, _ in means], [m for _, m in means]
             ax.step([*xs, last], [*ys, ys[-1]], where="post", color="#2a9d4b", lw=2,
@@ -241,6 +237,8 @@ class Dashboard:
         self._thread: threading.Thread | None = None
         self._halt = threading.Event()
         self._lines: deque[str] = deque(maxlen=LOG_LINES)
+        self._reading = threading.Lock()  # the refresh thread, the loop's thread and button clicks all update
+        self._closed = False
         self.text = w.HTML()
         self.image = w.Image(format="png")
         self.diff = w.HTML()
@@ -279,10 +277,17 @@ class Dashboard:
         self.log.value = "<pre style='font-size:11px;margin:0'>" + html.escape("\n".join(self._lines)) + "</pre>"
 
     def update(self) -> bool:
-        """Re-read the run directory; redraw and return True if anything changed."""
+        """Re-read the run directory; redraw and return True if anything changed (never after close())."""
+        with self._reading:
+            return not self._closed and self._update()
+
+    def _update(self) -> bool:
         if self._ledger is None and (self.run_dir / "ledger.sqlite").exists():
             self._ledger = Ledger(self.run_dir, readonly=True)
         snapshot = read_snapshot(self.run_dir, self._ledger)
+        self.pause_button.disabled = not snapshot.running or snapshot.held
+        self.resume_button.disabled = not snapshot.held
+        self.stop_button.disabled = not snapshot.running
         seen = (len(snapshot.records), snapshot.state, len(snapshot.running_curve), snapshot.running_dir)
         text = describe(snapshot)  # its time left changes without anything to redraw
         if seen == self._seen and text == self.text.value:
@@ -294,9 +299,6 @@ class Dashboard:
             self.image.value = png
         diff = snapshot.running_diff or (snapshot.records[-1].diff if snapshot.records else "")
         self.diff.value = "<pre style='font-size:11px'>" + html.escape(diff or "(no change)") + "</pre>"
-        self.pause_button.disabled = not snapshot.running or snapshot.held
-        self.resume_button.disabled = not snapshot.held
-        self.stop_button.disabled = not snapshot.running and not snapshot.held
         return True
 
     def start(self, interval: float = 2.0) -> Dashboard:
@@ -306,7 +308,8 @@ class Dashboard:
                 try:
                     self.update()
                 except Exception as error:  # a half-written file: show it and try again next time
-                    self.text.value = f"dashboard: could not read the run directory ({error}); retrying"
+                    if not self._halt.is_set():
+                        self.text.value = f"dashboard: could not read the run directory ({error}); retrying"
         self._thread = threading.Thread(target=refresh, daemon=True, name="dashboard")
         self._thread.start()
         return self
@@ -324,9 +327,11 @@ class Dashboard:
             self._thread.join(timeout=10)
         if last_look:
             self.update()
-        if self._ledger is not None:
-            self._ledger.close()
-            self._ledger = None
+        with self._reading:
+            self._closed = True
+            if self._ledger is not None:
+                self._ledger.close()
+                self._ledger = None
 
 
 def describe(snapshot: Snapshot) -> str:
@@ -384,7 +389,10 @@ class LiveRun:
             self.ended.set()
             callbacks, self._then = self._then, []
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception as error:  # noqa: BLE001 - one view's failure must not keep the others waiting
+                self.dashboard.say(f"after the loop: {type(error).__name__}: {error}")
 
 
 def run_notebook_loop(config, live: bool | None = None, refresh: float = 2.0,
@@ -412,8 +420,10 @@ def run_notebook_loop(config, live: bool | None = None, refresh: float = 2.0,
             outcome["reason"] = f"error: {error}"
             dashboard.say(outcome["reason"])
         finally:
-            dashboard.close(last_look=True)  # the state the loop ended in, drawn after the last refresh
-            live_run._end()
+            try:
+                dashboard.close(last_look=True)  # the state the loop ended in, drawn after the last refresh
+            finally:
+                live_run._end()
 
     Path(config.run_dir).mkdir(parents=True, exist_ok=True)
     outcome: dict = {}
@@ -441,10 +451,15 @@ def show_report(run_dir: Path, outcome: LiveRun | str | None = None, display: Ca
         from IPython.display import display
 
     def report() -> str:
-        with Ledger(run_dir, readonly=True) as ledger:
-            paths = write_report(Path(run_dir), ledger)
-            return overview(Path(run_dir), ledger.records()) + (
-                f"<p>Written: {', '.join(html.escape(str(p)) for p in paths.values())}</p>")
+        if not (Path(run_dir) / "ledger.sqlite").exists():
+            return f"<p>No ledger in {html.escape(str(run_dir))}: the loop recorded nothing.</p>"
+        try:
+            with Ledger(run_dir, readonly=True) as ledger:
+                paths = write_report(Path(run_dir), ledger)
+                return overview(Path(run_dir), ledger.records()) + (
+                    f"<p>Written: {', '.join(html.escape(str(p)) for p in paths.values())}</p>")
+        except Exception as error:  # noqa: BLE001 - said where the report would be; the ledger has everything
+            return f"<p>The report could not be written: {html.escape(f'{type(error).__name__}: {error}')}</p>"
 
     if not isinstance(outcome, LiveRun):
         display(HTML(report()))  # plain HTML: an executed notebook keeps it without a kernel

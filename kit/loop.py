@@ -68,6 +68,10 @@ PAUSED_FILE = "PAUSED"
 POLICY_FILE = "policy.pt"
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())[:500]
+
+
 def print_line(text: str) -> None:
     """Where the loop's lines go by default: standard output, at once (a log tailed overnight sees each)."""
     print(text, flush=True)
@@ -196,9 +200,11 @@ class ResearchLoop:
         self.contended: str | None = None  # why the loop pauses: its runs could not get the machine to themselves
         self.started = time.monotonic()  # run() sets it again: the hours limit counts this invocation
         self.unsettled: Outcome | None = None  # a near miss's proposal, told to the policy once its re-runs settle it
+        self.mirror: Mirror | None = None
         try:
             self._resume()
-        except BaseException:
+        except BaseException as error:  # this loop holds the ledger, so loop.json is its to write
+            write_status(self.run_dir, LoopStatus.running(config.stop).ended_as("failed", _one_line(error)))
             self.ledger.close()
             raise
 
@@ -226,9 +232,8 @@ class ResearchLoop:
             llm_model=self.config.llm_model, llm_share=self.config.llm_share))
         self.frontier = Frontier(self.catalog)
         self._load_policy()
-        self.mirror = Mirror(self.run_dir, self.repo.show(self.ledger.get_meta("baseline_commit")),
-                             self.repo.source_of) if self.config.mirror else None
-        self._mirror(records)
+        if self.config.mirror:
+            self._mirror(records)
         paused = self.run_dir / PAUSED_FILE
         if paused.exists():
             self.say(f"resuming after a pause ({paused.read_text().strip()})")
@@ -252,11 +257,11 @@ class ResearchLoop:
                 ended, reason = "stopped", "aborted by a second Ctrl-C (the running experiment is not recorded)"
                 raise
             except BaseException as error:
-                reason = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+                reason = _one_line(error)
                 raise
             finally:
                 write_status(self.run_dir, status.ended_as(ended, reason))  # before the report, which says it
-                write_report(self.run_dir, self.ledger)
+                self._write_report()
         self._emit({"event": "stopped", "state": ended, "reason": reason})
         return reason
 
@@ -562,15 +567,28 @@ class ResearchLoop:
         self._emit({"event": "record", "record": record})
 
     def _mirror(self, records: list[Record]) -> None:
-        """Bring the Optuna mirror up to the records; a mirror that fails is said once and given up, never the run."""
-        if self.mirror is None:
+        """Bring the Optuna mirror up to the records (made on the first call; skipped while another writer holds it:
+        the next record catches up). A mirror that fails is said once and given up, never the run."""
+        if not self.config.mirror:
             return
         try:
-            self.mirror.sync(records)
+            if self.mirror is None:
+                self.mirror = Mirror(self.run_dir, self.repo.show(self.ledger.get_meta("baseline_commit")),
+                                     self.repo.source_of)
+            self.mirror.sync(records, wait=False)
         except Exception as error:  # noqa: BLE001 - a view, not the record: the ledger has everything
-            self.mirror = None
+            self.config = dataclasses.replace(self.config, mirror=False)
+            if self.mirror is not None:
+                self.mirror.close()
             self.say(f"the Optuna mirror ({self.run_dir / 'optuna.sqlite3'}) stopped following the ledger: "
-                     f"{' '.join(str(error).split())[:200]}; `python -m kit dashboard {self.run_dir}` rebuilds it")
+                     f"{_one_line(error)[:200]}; `python -m kit dashboard {self.run_dir}` rebuilds it")
+
+    def _write_report(self) -> None:
+        """The report, however the run ended; one that cannot be written is said, never raised over the ending."""
+        try:
+            write_report(self.run_dir, self.ledger)
+        except Exception as error:  # noqa: BLE001 - the ledger has everything; `python -m kit report` tries again
+            self.say(f"the report of {self.run_dir} could not be written: {_one_line(error)[:200]}")
 
     def _stop_reason(self) -> str | None:
         reason = "stopped by Ctrl-C" if self.interrupted else stop_requested(self.run_dir)
@@ -609,6 +627,8 @@ class ResearchLoop:
             self.on_event(event)
 
     def close(self) -> None:
+        if self.mirror is not None:
+            self.mirror.close()
         self.ledger.close()
 
 

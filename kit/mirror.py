@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import fcntl
 import logging
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,11 @@ class Mirror:
         file (RUN_DIR/optuna.sqlite3); name: the study's (the run directory's)."""
         from kit.policies.samplers import distribution
 
-        self.run_dir, self.source_of = Path(run_dir), source_of
+        self.run_dir, self.source_of = Path(run_dir).resolve(), source_of
         self.storage = Path(storage) if storage is not None else self.run_dir / STUDY_FILE
         self.name = name or self.run_dir.name
         self.distributions = {k.name: distribution(k) for k in edits.knobs(baseline) if k.has_range}
-        self._study = None
+        self._study = self._rdb = None
 
     @classmethod
     def of(cls, run_dir: Path, storage: Path | None = None, name: str | None = None) -> Mirror:
@@ -66,33 +67,51 @@ class Mirror:
             return cls(run_dir, "", lambda record: None, storage, name)
         return cls(run_dir, repo.show(baseline_commit), repo.source_of, storage, name)
 
-    def follow_ledger(self) -> int:
+    def follow_ledger(self, wait: bool = True) -> int:
         """sync with the ledger's records as they are now (read-only: a loop may be writing them)."""
         from kit.ledger import Ledger
 
         with Ledger(self.run_dir, readonly=True) as ledger:
-            return self.sync(ledger.records())
+            return self.sync(ledger.records(), wait=wait)
 
     @property
     def study(self):
+        """The study, created (with its storage's tables) under the lock the first time: two writers starting on a new
+        file must not both create it."""
+        if self._study is None:
+            with self._locked(wait=True):
+                self._open()
+        return self._study
+
+    def _open(self) -> None:
         import optuna
 
         if self._study is None:
             logging.getLogger("optuna").setLevel(logging.WARNING)  # the ledger says everything already
-            storage = optuna.storages.RDBStorage(storage_url(self.storage),
-                                                 engine_kwargs={"connect_args": {"timeout": 30}})
-            self._study = optuna.create_study(storage=storage, study_name=self.name, direction="minimize",
+            self._rdb = optuna.storages.RDBStorage(storage_url(self.storage),
+                                                   engine_kwargs={"connect_args": {"timeout": 30}})
+            self._study = optuna.create_study(storage=self._rdb, study_name=self.name, direction="minimize",
                                               load_if_exists=True)
-        return self._study
 
-    def sync(self, records: list[Record]) -> int:
+    def sync(self, records: list[Record], wait: bool = True) -> int:
         """Add the records the study does not hold yet (it holds the first n: one trial per record, in order); how
-        many were added."""
-        with self._locked():
-            held = len(self.study.get_trials(deepcopy=False))
+        many were added. wait=False gives up at once (0) while another writer holds the mirror: the research loop
+        catches up at its next record rather than wait on a reader's rebuild."""
+        with self._locked(wait) as locked:
+            if not locked:
+                return 0
+            self._open()
+            # counted in the database itself, not Optuna's cache of it: another writer may have added some
+            held = self._rdb.get_n_trials(self._rdb.get_study_id_from_name(self.name))
             for record in records[held:]:
-                self.study.add_trial(self.trial(record))
+                self._study.add_trial(self.trial(record))
             return max(0, len(records) - held)
+
+    def close(self) -> None:
+        """Let go of the storage's connections."""
+        if self._rdb is not None:
+            self._rdb.engine.dispose()
+        self._study = self._rdb = None
 
     def trial(self, record: Record):
         """The record as a finished Optuna trial."""
@@ -100,6 +119,8 @@ class Mirror:
         from optuna.trial import TrialState
 
         state = TrialState[STATES.get(Status(record.status), "FAIL")]
+        if state is TrialState.COMPLETE and not (record.val_bpb is not None and math.isfinite(record.val_bpb)):
+            state = TrialState.FAIL  # Optuna refuses a finished trial without a finite value
         ended = datetime.datetime.fromtimestamp(record.created or 0.0)
         params = self.params(record)
         return optuna.trial.FrozenTrial(
@@ -129,11 +150,16 @@ class Mirror:
         return params
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, wait: bool) -> Iterator[bool]:
+        """Hold the mirror's lock file (whether it was had: with wait=False it may not be)."""
         with open(self.storage.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -148,7 +174,7 @@ def _per_second(curve: list) -> dict[int, float]:
     """The latest loss in each whole training second: optuna-dashboard plots intermediate values by integer step."""
     values: dict[int, float] = {}
     for t, loss in curve:
-        if loss == loss and abs(loss) != float("inf"):  # Optuna refuses NaN and infinities
+        if math.isfinite(loss):  # Optuna refuses NaN and infinities
             values[int(t)] = float(loss)
     return values
 
@@ -168,4 +194,8 @@ def side_by_side(run_dirs: list[Path], storage: Path) -> list[Mirror]:
 def rebuild_from(run_dir: Path) -> int:
     """Bring RUN_DIR's mirror up to its ledger (creating it if there is none, as for a run directory written before
     there was a mirror); how many trials were added."""
-    return Mirror.of(run_dir).follow_ledger()
+    mirror = Mirror.of(run_dir)
+    try:
+        return mirror.follow_ledger()
+    finally:
+        mirror.close()

@@ -85,7 +85,7 @@ def results_tsv(records: list[Record]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m {seconds % 60:02d}s"
 
@@ -173,8 +173,8 @@ def summary_markdown(records: list[Record]) -> str:
     lines.append("")
     if records:
         span = (records[-1].created or 0.0) - (records[0].created or 0.0)
-        lines += [f"Time: {_duration(sum(r.training_seconds for r in records))} training, "
-                  f"{_duration(sum(r.total_seconds for r in records))} in runs, {_duration(span)} from the first "
+        lines += [f"Time: {duration(sum(r.training_seconds for r in records))} training, "
+                  f"{duration(sum(r.total_seconds for r in records))} in runs, {duration(span)} from the first "
                   "record to the last.", ""]
         policies = Counter(r.policy for r in records)
         lines += ["Policies: " + ", ".join(f"{name} {count}" for name, count in policies.items()) + ".", ""]

@@ -84,23 +84,24 @@ def _curves(records: list[Record]) -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    with_curves = [r for r in records if len(r.curve) >= 2]
+    finite = {r.iteration: [(t, y) for t, y in r.curve if math.isfinite(y)] for r in records}  # a diverged run: NaN
+    with_curves = [r for r in records if len(finite[r.iteration]) >= 2]
     if not with_curves:
         return "<h2>Learning curves</h2>\n<p>No run has reported a learning curve yet.</p>"
     fig = Figure(figsize=(10, 4.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    end = max(float(r.fingerprint.get("budget") or r.curve[-1][0]) for r in with_curves)
+    end = max(float(r.fingerprint.get("budget") or finite[r.iteration][-1][0]) for r in with_curves)
     labelled, losses = set(), []
     for r in with_curves:
         kind = counted_as(r)
-        t, y = zip(*r.curve, strict=True)
+        t, y = zip(*finite[r.iteration], strict=True)
         losses += y
         ax.plot(t, y, lw=1.4 if kind == "kept" else 0.7, color=COLORS[kind], alpha=0.9 if kind == "kept" else 0.5,
                 label=None if kind in labelled else kind, zorder=3 if kind == "kept" else 2)
         labelled.add(kind)
         forecast = _last_forecast(r)
-        if r.status == Status.PRUNED and forecast is not None:
+        if r.status == Status.PRUNED and forecast is not None and math.isfinite(forecast):
             ax.plot([t[-1], end], [y[-1], forecast], "--", lw=0.7, color=COLORS["pruned"], alpha=0.7,
                     label=None if "forecast" in labelled else "forecast where the stop rule stopped it")
             ax.scatter([t[-1]], [y[-1]], marker="x", s=18, color=COLORS["pruned"], zorder=4)

@@ -154,6 +154,7 @@ class LoopStatus:
     reason: str = ""  # why it ended, in one line
     pid: int | None = None
     host: str = ""
+    pid_started: int | None = None  # when that process started (clock ticks after boot): a reused pid is not it
     started: float | None = None  # unix time this invocation started
     ended: float | None = None
     iterations: int | None = None  # this invocation's limits, for "k of N" and the time left
@@ -161,8 +162,8 @@ class LoopStatus:
 
     @classmethod
     def running(cls, stop: StopConditions) -> LoopStatus:
-        return cls("running", pid=os.getpid(), host=socket.gethostname(), started=time.time(),
-                   iterations=stop.iterations, hours=stop.hours)
+        return cls("running", pid=os.getpid(), host=socket.gethostname(), pid_started=_started_ticks(os.getpid()),
+                   started=time.time(), iterations=stop.iterations, hours=stop.hours)
 
     def ended_as(self, state: str, reason: str) -> LoopStatus:
         if state not in ENDED:
@@ -181,8 +182,18 @@ class LoopStatus:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
-        return True
+            pass
+        now = _started_ticks(self.pid)
+        return self.pid_started is None or now is None or now == self.pid_started
+
+
+def _started_ticks(pid: int) -> int | None:
+    """When process pid started, in clock ticks after boot (Linux's /proc/PID/stat), or None where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # field 22; the name before ")" may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def write_status(run_dir: Path, status: LoopStatus) -> None:
@@ -203,10 +214,11 @@ def read_status(run_dir: Path) -> LoopStatus | None:
         return None
 
 
-def describe_loop(run_dir: Path, has_records: bool) -> str:
+def describe_loop(run_dir: Path, has_records: bool, status: LoopStatus | None = None) -> str:
     """What the loop of run_dir is doing, in one line, as every view says it: running (on hold, stopping), not
-    running though loop.json says so (its process is gone), or how and why it ended."""
-    status = read_status(run_dir)
+    running though loop.json says so (its process is gone), or how and why it ended. status: loop.json as the caller
+    read it (read here when None)."""
+    status = status if status is not None else read_status(run_dir)
     if status is None:
         return "not running (no loop has said how it ended here)" if has_records else "not started"
     if status.state != "running":

@@ -10,7 +10,8 @@ import pytest
 from .helpers import REPO
 
 CORE = ["kit.cli", "kit.loop", "kit.harness", "kit.dashboard", "kit.checkup", "kit.convergence", "kit.ablation",
-        "kit.policies.operator", "kit.policies.search", "kit.policies.samplers", "kit.policies.llm"]
+        "kit.mirror", "kit.report_html", "kit.policies.operator", "kit.policies.search", "kit.policies.samplers",
+        "kit.policies.llm"]
 
 
 def test_the_core_loads_no_module_of_kit_bench():

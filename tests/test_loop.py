@@ -254,6 +254,8 @@ def test_a_policy_checkpoint_of_another_shape_stops_the_resume_with_what_to_do(t
     with pytest.raises(ResumeError, match="move it away to start the policy afresh"):
         run_loop(loop_config(tmp_path, iterations=5, policy="ppo"), environment=world)
     assert len(ledger_records(tmp_path / "run")) == 4  # nothing recorded is lost or added
+    status = read_status(tmp_path / "run")  # and no view says the earlier run's "finished"
+    assert status.state == "failed" and status.reason.startswith("ResumeError: ") and "afresh" in status.reason
 
 
 def test_the_cli_says_so_in_one_line(smoke_data, tmp_path, capsys):
@@ -392,3 +394,18 @@ def test_loop_json_says_it_runs_then_how_it_ended_and_its_lines_go_where_it_is_t
     assert ended.state == "failed" and ended.reason == "RuntimeError: the world broke" and not ended.alive
     assert [line[:10] for line in lines] == ["[   1] ok ", "[   2] ok ", "[   3] ok "]
     assert (config.run_dir / "report.html").exists()  # the report is written however it ended
+
+
+def test_a_mirror_that_fails_is_said_once_and_the_run_goes_on(tmp_path, monkeypatch):
+    from kit.mirror import Mirror
+
+    def broken(self, records, wait=True):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Mirror, "sync", broken)
+    lines = []
+    reason = run_loop(loop_config(tmp_path, iterations=5), environment=StandIn(TRAIN_PY.read_text(), 2.4, 2.4),
+                      say=lines.append)
+    assert reason.startswith("iterations: 5") and len(ledger_records(tmp_path / "run")) == 5
+    said = [line for line in lines if "mirror" in line]
+    assert len(said) == 1 and "OSError: disk full" in said[0] and "python -m kit dashboard" in said[0]

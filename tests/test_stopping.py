@@ -97,6 +97,7 @@ def test_a_stop_file_or_an_interrupt_ends_a_hold(tmp_path):
 
 
 def test_loop_json_round_trips_and_tells_a_live_loop_from_a_killed_one(tmp_path):
+    import dataclasses
     import subprocess
     import sys
 
@@ -114,6 +115,9 @@ def test_loop_json_round_trips_and_tells_a_live_loop_from_a_killed_one(tmp_path)
     write_status(tmp_path, LoopStatus("running", pid=gone.pid, host=running.host))
     assert not read_status(tmp_path).alive
     assert describe_loop(tmp_path, True).startswith("not running: the loop's process ended without saying why")
+
+    reused = dataclasses.replace(running, pid_started=running.pid_started + 1)  # this pid, another process's start
+    assert not reused.alive
 
     write_status(tmp_path, running.ended_as("finished", "iterations: 12 experiments recorded (limit 12)"))
     assert describe_loop(tmp_path, True) == "finished: iterations: 12 experiments recorded (limit 12)"
