@@ -171,7 +171,7 @@ def _loop(args: argparse.Namespace) -> int:
         reason = run_loop(config)
     except (LedgerLocked, ResumeError, WeightsMismatch) as error:
         raise UsageError(str(error)) from None
-    print(f"{reason}\nreport: {Path(config.run_dir) / 'summary.md'}, results.tsv, progress.png")
+    print(f"{reason}\nreport: {Path(config.run_dir) / 'summary.md'}, results.tsv, progress.png, report.html")
     return 0
 
 
