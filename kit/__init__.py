@@ -22,6 +22,8 @@ The core (this package) never imports kit.bench; train.py never imports kit.
     predictor.py    stop rules that forecast a running curve
     bound.py        the convergence bound's estimates
     loop.py         the research loop, step by step
+    parallel.py     the same loop with several experiments at once, the driver the one writer of the ledger
+    workers.py      where those experiments run: Ray workers, one GPU or a set of pinned cores each
     run_state.py    the loop's state, rebuilt from the ledger and updated by each record
     frontier.py     what a catalog policy edits next, so nothing runs twice
     stopping.py     when the loop stops or holds, and loop.json: whether it runs, how and why it ended

@@ -2,7 +2,7 @@
 
     python -m kit prepare [--profile cpu]
     python -m kit experiment [train.py] [--profile cpu] [--budget S] [--seed N] [--run-dir DIR] [--json]
-    python -m kit loop [--profile cpu] [--policy ppo] [--iterations N] [--hours H] [--run-dir DIR] ...
+    python -m kit loop [--profile cpu] [--policy ppo] [--iterations N] [--hours H] [--run-dir DIR] [--workers N] ...
     python -m kit report RUN_DIR
     python -m kit dashboard RUN_DIR [RUN_DIR ...] [--port 8080]   optuna-dashboard on runs' Optuna mirrors
     python -m kit bench {record,early-stopping,agents} ...     (kit/bench/cli.py)
@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
                       f"pauses (default: {default(LoopConfig, 'contended_reruns')})")
     loop.add_argument("--quiet-wait", type=float, help="seconds to wait for a busy machine to be quiet before the "
                       f"re-run (default: {default(LoopConfig, 'quiet_wait'):g})")
+    loop.add_argument("--workers", type=positive_int, default=1, help="experiments at once, on Ray: one GPU each "
+                      "on CUDA, else a share of the cores each (default: 1, no Ray)")
+    loop.add_argument("--ray-address", help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of "
+                      "starting one on this machine; needs --workers")
+    loop.add_argument("--cores-per-worker", type=positive_int, help="CPU cores each worker pins itself to (default: "
+                      "this machine's cores / --workers)")
     loop.set_defaults(run=_loop)
 
     report = commands.add_parser("report", help="write results.tsv, progress.png, summary.md and report.html of a run "
@@ -167,8 +173,16 @@ def _loop(args: argparse.Namespace) -> int:
         config = LoopConfig(**options, stop=StopConditions(**given(args, StopConditions)))
     except ValueError as error:
         raise UsageError(str(error)) from None
+    address, cores = getattr(args, "ray_address", None), getattr(args, "cores_per_worker", None)
+    if args.workers == 1 and (address or cores):
+        raise UsageError("--ray-address and --cores-per-worker are for several workers: give --workers N as well")
     try:
-        reason = run_loop(config)
+        if args.workers > 1:
+            from kit.parallel import run_parallel_loop
+
+            reason = run_parallel_loop(config, args.workers, address=address, cores=cores)
+        else:
+            reason = run_loop(config)
     except (LedgerLocked, ResumeError, WeightsMismatch) as error:
         raise UsageError(str(error)) from None
     print(f"{reason}\nreport: {Path(config.run_dir) / 'summary.md'}, results.tsv, progress.png, report.html")

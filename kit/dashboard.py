@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import math
 import os
 import threading
@@ -29,7 +30,7 @@ import numpy as np
 from kit import edits
 from kit.ledger import Ledger, Record
 from kit.predictor import fit_power_law
-from kit.report import counts_line, duration, incumbent_means, tally
+from kit.report import counts_line, duration, incumbent_means, tally, throughput
 from kit.results import Status
 from kit.run_state import NOISE_POLICY
 from kit.stopping import HOLD_FILE, STOP_FILE, LoopStatus, describe_loop, read_status
@@ -45,8 +46,6 @@ def in_jupyter_frontend() -> bool:
 
 def read_live_curve(experiment_dir: Path) -> list[tuple[float, float]]:
     """The (t, loss) points a running experiment has printed so far."""
-    import json
-
     import prepare
 
     log = Path(experiment_dir) / "train.log"
@@ -81,6 +80,7 @@ class Snapshot:
     running_dir: Path | None = None
     running_curve: list[tuple[float, float]] = field(default_factory=list)
     running_diff: str = ""
+    jobs: list[dict] = field(default_factory=list)  # with several workers: RUN_DIR/running.json's running jobs
 
     @property
     def last_reward(self) -> tuple[float | None, dict]:
@@ -122,6 +122,9 @@ def read_snapshot(run_dir: Path, ledger: Ledger | None) -> Snapshot:
                         incumbent=kept[-1] if kept else None, state=describe_loop(run_dir, bool(records), status),
                         running=running, held=(run_dir / HOLD_FILE).exists(), status=status)
     experiment = run_dir / "experiments" / f"{len(records) + 1:05d}"  # the loop's next experiment directory
+    snapshot.jobs = _running_jobs(run_dir) if running else []
+    if snapshot.jobs:  # several workers: show the oldest running one's curve
+        experiment = Path(snapshot.jobs[0]["dir"])
     if running and (experiment / "train.log").exists() and not (experiment / "result.json").exists():
         snapshot.running_dir = experiment
         snapshot.running_curve = read_live_curve(experiment)
@@ -129,6 +132,15 @@ def read_snapshot(run_dir: Path, ledger: Ledger | None) -> Snapshot:
         if current.exists() and (experiment / "train.py").exists():
             snapshot.running_diff = edits.unified_diff(current.read_text(), (experiment / "train.py").read_text())
     return snapshot
+
+
+def _running_jobs(run_dir: Path) -> list[dict]:
+    """The experiments a loop with several workers runs now (kit/parallel.py writes them), oldest first."""
+    try:
+        jobs = json.loads((run_dir / "running.json").read_text())["jobs"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [j for j in jobs if j.get("state") == "running"]
 
 
 # ---------------------------------------------------------------------------
@@ -345,8 +357,13 @@ def describe(snapshot: Snapshot) -> str:
                       if isinstance(v, (int, float)) and math.isfinite(v)) or "no update yet"
     running = (f"running {snapshot.running_dir.name}: {len(snapshot.running_curve)} progress reports"
                if snapshot.running_dir else "no experiment running")
+    if snapshot.jobs:
+        now = time.time()
+        running = "<br>".join(html.escape(f"{j['worker']}: {j['description']} ({duration(now - j['started'])})")
+                              for j in snapshot.jobs if j.get("started"))
     progress = f" · {snapshot.progress}" if snapshot.progress else ""
-    return (f"<b>{html.escape(snapshot.state)}</b>{progress}<br>{html.escape(counts_line(snapshot.records))}<br>"
+    rate = f" · {html.escape(rate)}" if (rate := throughput(snapshot.records)) else ""
+    return (f"<b>{html.escape(snapshot.state)}</b>{progress}<br>{html.escape(counts_line(snapshot.records))}{rate}<br>"
             f"val_bpb now {best} · last reward {reward_text}<br>PPO: {stats}<br>{running}")
 
 

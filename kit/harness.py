@@ -29,7 +29,7 @@ from pathlib import Path
 
 from kit import REPO_ROOT, gate, sandbox
 from kit.machine import CoreShare, foreign_gpu_processes, tree_cpu_seconds
-from kit.results import CurveStream, HarnessConfig, Monitor, RunResult, Status
+from kit.results import CurveStream, HarnessConfig, Monitor, RunResult, Status, environment
 from kit.seed_check import SIGNATURE_FILE
 
 LOG_LIMIT_BYTES = 50 << 20  # a flood of output is cut here; the process still runs to its limit
@@ -216,7 +216,7 @@ def run_experiment(source: str, run_dir: Path, config: HarnessConfig = HarnessCo
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "train.py").write_text(source)
     device = prepare.get_device()
-    fingerprint = prepare.fingerprint(profile, budget, device)
+    fingerprint = {**prepare.fingerprint(profile, budget, device), **environment(device)}
     training = TrainingRun(CurveStream(monitor))
 
     def finish(status: Status, reason: str, val_bpb: float | None = None) -> RunResult:

@@ -25,6 +25,7 @@ import dataclasses
 import math
 import statistics
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +46,18 @@ from kit.ppo import PPOConfig
 from kit.predictor import RULES, EarlyStopper, make_rule
 from kit.repo import TrainRepo
 from kit.report import write_report
-from kit.results import Environment, HarnessConfig, RunResult, Status, contention_limit_default, pace_limit_default
+from kit.results import (
+    Environment,
+    HarnessConfig,
+    RunResult,
+    Status,
+    contention_limit_default,
+    environment,
+    fingerprint_differs,
+    pace_limit_default,
+)
 from kit.reward import Reward, RewardConfig, compute_reward
-from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, RunState
+from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, NearMiss, RunState
 from kit.stopping import (
     STOP_FILE,
     LoopStatus,
@@ -66,6 +76,7 @@ NOISE_SCALE = 100.0  # a noise floor of 0.5 % of val_bpb reads about 0.46
 CANDIDATE_FILE = "candidate.py"
 PAUSED_FILE = "PAUSED"
 POLICY_FILE = "policy.pt"
+RUNNING_FILE = "running.json"  # what ran on several workers at once (kit/parallel.py)
 
 
 def _one_line(error: BaseException) -> str:
@@ -175,8 +186,32 @@ class Decision:
     parent: str | None
 
 
+def new_key() -> str:
+    """A name for a job, unique across drivers and resumes."""
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass
+class Job:
+    """One experiment the loop decided to run (or an idea it settles without a run), and what judging it needs."""
+
+    kind: str  # NOISE_POLICY, CONFIRM_POLICY, or the policy's name for its own idea (the ledger's policy column)
+    source: str  # the train.py to run
+    seed: int | None  # the frozen side's seed for it (None: the profile's)
+    description: str
+    diff: str  # against the incumbent when it was proposed
+    state: State | None = None  # an idea: what the policy saw
+    proposal: Proposal | None = None  # an idea: what the policy said
+    error: str | None = None  # an idea no train.py could be made of
+    duplicate: bool = False  # an idea whose code ran (or runs) already
+    agent_seconds: float = 0.0  # what proposing it took
+    key: str = field(default_factory=new_key)  # names it until it is recorded
+
+
 class ResearchLoop:
     """One run directory's loop. `run()` returns why it stopped, in one line."""
+
+    runs_several = False  # several experiments at once (kit/parallel.py)
 
     def __init__(self, config: LoopConfig, on_event: Callable[[dict], None] | None = None,
                  environment: Environment = run_experiment, say: Callable[[str], None] = print_line):
@@ -199,7 +234,7 @@ class ResearchLoop:
         self.stopped_by_person = False  # a STOP file or Ctrl-C ended the run, not a limit
         self.contended: str | None = None  # why the loop pauses: its runs could not get the machine to themselves
         self.started = time.monotonic()  # run() sets it again: the hours limit counts this invocation
-        self.unsettled: Outcome | None = None  # a near miss's proposal, told to the policy once its re-runs settle it
+        self.unsettled: dict[str, Outcome] = {}  # code hash -> a near miss's proposal, told once its re-runs settle it
         self.mirror: Mirror | None = None
         try:
             self._resume()
@@ -231,9 +266,15 @@ class ResearchLoop:
             lm_model=self.config.lm_model, llm_url=self.config.llm_url,
             llm_model=self.config.llm_model, llm_share=self.config.llm_share))
         self.frontier = Frontier(self.catalog)
+        self._check_environment()
         self._load_policy()
         if self.config.mirror:
             self._mirror(records)
+        running = self.run_dir / RUNNING_FILE
+        if running.exists() and not self.runs_several:
+            running.unlink()  # a loop with one worker proposes afresh
+            self.say(f"{running} listed experiments of a loop with several workers that did not finish; they are not "
+                     "run again with one worker (give --workers N for that)")
         paused = self.run_dir / PAUSED_FILE
         if paused.exists():
             self.say(f"resuming after a pause ({paused.read_text().strip()})")
@@ -271,18 +312,36 @@ class ResearchLoop:
         # 1. stop when a limit, the termination oracle, the stop file or Ctrl-C says so
         if reason := self._stop_reason():
             return reason
-        # 2. the next experiment: the noise floor first, then a near miss's re-run, else a new idea
-        if self.state.noise_runs < self.config.noise_repeats:
-            self._measure_noise()
-        elif self.state.near_miss is not None:
-            self._confirm()
-        else:
-            self._step()
-        # 3. pause after failures in a row: train.py or the machine needs a person
+        # 2. the next experiment: the noise floor first, then a near miss's re-run, else a new idea (settled at once
+        # when it cannot or need not run)
+        job = self._next_job()
+        # 3. run it (a contended run again, once the machine is quiet) and judge it
+        if job is not None and (measured := self._experiment(job)) is not None:
+            self._finish(job, *measured)
+        # 4. pause after failures in a row: train.py or the machine needs a person
         return self._pause_reason()
 
-    def _step(self) -> None:
-        """One idea of the policy, from proposal to record."""
+    def _next_job(self) -> Job | None:
+        """What to run next: the noise floor first, then a near miss's re-run, else a new idea of the policy (None when
+        that idea was settled without a run: a duplicate, or no train.py could be made of it)."""
+        if self.state.noise_runs < self.config.noise_repeats:
+            return self._noise_job(self.state.noise_runs)
+        if self.state.near_miss is not None:
+            return self._confirm_job(self.state.near_miss)
+        return self._idea_job()
+
+    def _noise_job(self, index: int) -> Job:
+        """The baseline again, with another seed each time: how much val_bpb moves when nothing changes. The first
+        (seed offset 0, the frozen seed every agent run uses) becomes the incumbent; the others join its mean."""
+        return Job(NOISE_POLICY, self.source, self.frozen_seed + index, "baseline", "")
+
+    def _confirm_job(self, near: NearMiss) -> Job:
+        """The near miss once more under the next seed, run whole (no stop rule: the run counts in its mean)."""
+        return Job(CONFIRM_POLICY, near.source, self.frozen_seed + len(near.values), near.description, near.diff)
+
+    def _idea_job(self) -> Job | None:
+        """One idea of the policy, proposed and made into a train.py; recorded at once (and None returned) when it is
+        a duplicate of an experiment run or running, or no train.py could be made of it."""
         timer = time.perf_counter()
         # 1. what to edit: the incumbent, or (for a catalog policy whose edits of it are used up) the best not kept
         base, base_description, mask = self._base()
@@ -291,95 +350,96 @@ class ResearchLoop:
         # 2. the policy proposes; the proposal becomes a train.py, or the reason there is none
         proposal = self.policy.propose(state)
         candidate, error = self._candidate(proposal, base)
-        diff = edits.unified_diff(self.source, candidate)
         description = proposal.description + (f", on top of {base_description}" if base_description else "")
-        agent_seconds = time.perf_counter() - timer
-        # 3. run it with the stop rule watching, and score it; a duplicate or an unusable proposal is not run
-        duplicate = error is None and self.state.memory.is_duplicate(code_hash(candidate))
-        if error is not None or duplicate:
-            penalty = self.config.reward.duplicate if duplicate else self.config.reward.rejected
-            result = RunResult.not_run(error or "duplicate of an experiment already run")
-            reward = Reward(penalty, {"duplicate" if duplicate else "rejected": penalty})
-            predictions, predicted = [], None
+        job = Job(self.config.policy, candidate, None, description, edits.unified_diff(self.source, candidate),
+                  state=state, proposal=proposal, error=error)
+        digest = code_hash(candidate)
+        job.duplicate = error is None and (self.state.memory.is_duplicate(digest) or digest in self._running())
+        job.agent_seconds = time.perf_counter() - timer
+        if error is None and not job.duplicate:
+            return job
+        self._finish(job, RunResult.not_run(error or "duplicate of an experiment already run"), [], None)
+        return None
+
+    def _finish(self, job: Job, result: RunResult, predictions: list, predicted: float | None) -> None:
+        """Judge a run that ended (or an idea that was never run), tell the policy, record it. Its diff is taken
+        against the incumbent it is judged against (with several workers another may have been kept meanwhile)."""
+        if job.kind != NOISE_POLICY:
+            job = dataclasses.replace(job, diff=edits.unified_diff(self.source, job.source))
+        if job.kind == NOISE_POLICY:
+            self._finish_noise(job, result)
+        elif job.kind == CONFIRM_POLICY:
+            self._finish_confirm(job, result)
         else:
-            measured = self._experiment(candidate, None, stop_rule=True, policy=self.config.policy,
-                                        description=description, diff=diff)
-            if measured is None:
-                return
-            result, watch = measured
-            predictions, predicted = [d.to_json() for d in watch.decisions], watch.last_prediction
+            self._finish_idea(job, result, predictions, predicted)
+
+    def _finish_noise(self, job: Job, result: RunResult) -> None:
+        decision = self._decide(NOISE_POLICY, result, job.source, "baseline")
+        self._witness(job.source, result)
+        self._record(result, decision, job, description=f"baseline (noise floor, seed {job.seed})",
+                     reward=Reward(0.0, {}), stats={})
+
+    def _finish_confirm(self, job: Job, result: RunResult) -> None:
+        """A near miss's re-run: kept when the mean of its runs clears the bar, dropped when it cannot any more."""
+        digest = code_hash(job.source)
+        near = self.state.near_misses.get(digest)
+        earlier = near.values if near is not None else []
+        if result.status is Status.OK and (why := self._seed_ignored(result, job.source)):
+            result = dataclasses.replace(result, status=Status.TAMPERED, val_bpb=None, reason=why)
+        incumbent = self.source
+        decision = self._decide(CONFIRM_POLICY, result, job.source, job.description)
+        self._witness(job.source, result)
+        values = earlier + ([result.val_bpb] if result.status is Status.OK else [])
+        mean = sum(values) / len(values) if values else float("nan")
+        reward = self._reward(result, decision, values, (incumbent, job.source), rerun=True)
+        stats = self._settle(digest, decision, reward)
+        self._record(result, decision, job,
+                     description=f"{job.description} (run {len(values)} of at most {1 + self.config.confirm_runs}, "
+                                 f"seed {job.seed}; mean {mean:.6f})", reward=reward, stats=stats)
+
+    def _finish_idea(self, job: Job, result: RunResult, predictions: list, predicted: float | None) -> None:
         timer = time.perf_counter()
+        ran = job.error is None and not job.duplicate
         # 4. keep it (a commit), run it again (a near miss) or drop it, and score it
         incumbent = self.source
-        decision = self._decide(self.config.policy, result, candidate, description)
-        if error is None and not duplicate:
-            reward = self._reward(result, decision, [result.val_bpb], (incumbent, candidate), predicted=predicted)
-        # 5. the policy learns what became of it, once it is settled (a near miss after its re-runs: _confirm); a
+        decision = self._decide(job.kind, result, job.source, job.description)
+        if ran:
+            reward = self._reward(result, decision, [result.val_bpb], (incumbent, job.source), predicted=predicted)
+        else:
+            penalty = self.config.reward.duplicate if job.duplicate else self.config.reward.rejected
+            reward = Reward(penalty, {"duplicate" if job.duplicate else "rejected": penalty})
+        # 5. the policy learns what became of it, once it is settled (a near miss after its re-runs: _settle); a
         # pruned run's forecast stands in for the end it never reached (without it TPE and CMA-ES would see only
         # failures wherever early stopping works)
         observed = predicted if result.status is Status.PRUNED else result.val_bpb
-        outcome = Outcome(state, proposal, observed, decision.verdict is Verdict.KEEP, reward.total,
+        outcome = Outcome(job.state, job.proposal, observed, decision.verdict is Verdict.KEEP, reward.total,
                           next_observation=lambda: self._observation(self.source),
-                          pruned=result.status is Status.PRUNED, duplicate=duplicate)
-        stats = {"logprob": proposal.logprob, "value": proposal.value}
+                          pruned=result.status is Status.PRUNED, duplicate=job.duplicate)
+        stats = {"logprob": job.proposal.logprob, "value": job.proposal.value}
         if decision.verdict is Verdict.AGAIN:
-            self.unsettled = outcome
+            self.unsettled[code_hash(job.source)] = outcome
         else:
             stats.update(self.policy.observe(outcome))
             self._save_policy()  # before the record: a kill in between costs the policy one outcome, not the ledger
-        stats["agent_seconds"] = agent_seconds + time.perf_counter() - timer
+        stats["agent_seconds"] = job.agent_seconds + time.perf_counter() - timer
         # 6. record it
-        self._record(result, decision, policy=self.config.policy, source=candidate, description=description, diff=diff,
-                     reward=reward, stats=stats, predictions=predictions)
+        self._record(result, decision, job, description=job.description, reward=reward, stats=stats,
+                     predictions=predictions)
 
-    def _measure_noise(self) -> None:
-        """The baseline again, with another seed each time: how much val_bpb moves when nothing changes. The first
-        (seed offset 0, the frozen seed every agent run uses) becomes the incumbent; the others join its mean."""
-        seed = self.frozen_seed + self.state.noise_runs
-        measured = self._experiment(self.source, seed, policy=NOISE_POLICY, description="baseline", diff="")
-        if measured is None:
-            return
-        result, _ = measured
-        decision = self._decide(NOISE_POLICY, result, self.source, "baseline")
-        self._witness(self.source, result)
-        self._record(result, decision, policy=NOISE_POLICY, source=self.source,
-                     description=f"baseline (noise floor, seed {seed})", diff="", reward=Reward(0.0, {}), stats={})
-
-    def _confirm(self) -> None:
-        """The near miss once more under the next seed, run whole (no stop rule: the run counts in its mean); kept
-        when the mean of its runs clears the bar, dropped when it cannot any more."""
-        near = self.state.near_miss
-        seed = self.frozen_seed + len(near.values)
-        measured = self._experiment(near.source, seed, policy=CONFIRM_POLICY, description=near.description,
-                                    diff=near.diff)
-        if measured is None:
-            return
-        result, _ = measured
-        if result.status is Status.OK and (why := self._seed_ignored(result, near.source)):
-            result = dataclasses.replace(result, status=Status.TAMPERED, val_bpb=None, reason=why)
-        incumbent = self.source
-        decision = self._decide(CONFIRM_POLICY, result, near.source, near.description)
-        self._witness(near.source, result)
-        values = near.values + ([result.val_bpb] if result.status is Status.OK else [])
-        mean = sum(values) / len(values) if values else float("nan")
-        reward = self._reward(result, decision, values, (incumbent, near.source), rerun=True)
-        stats = self._settle(decision, reward)
-        self._record(result, decision, policy=CONFIRM_POLICY, source=near.source,
-                     description=f"{near.description} (run {len(values)} of at most {1 + self.config.confirm_runs}, "
-                                 f"seed {seed}; mean {mean:.6f})",
-                     diff=near.diff, reward=reward, stats=stats)
-
-    def _settle(self, decision: Decision, reward: Reward) -> dict:
+    def _settle(self, digest: str, decision: Decision, reward: Reward) -> dict:
         """A near miss's re-run: its reward joins its proposal's, and once the verdict is final (kept, or dropped) the
         policy is told the proposal's outcome with them all. The policy's numbers to log, if it was told. (A loop
         stopped in between tells no one: the resumed one finishes the re-runs, and the policy misses one outcome.)"""
-        if self.unsettled is None:
+        outcome = self.unsettled.get(digest)
+        if outcome is None:
             return {}
-        self.unsettled = dataclasses.replace(self.unsettled, reward=self.unsettled.reward + reward.total,
-                                             accepted=decision.verdict is Verdict.KEEP)
+        outcome = dataclasses.replace(outcome, reward=outcome.reward + reward.total,
+                                      accepted=decision.verdict is Verdict.KEEP)
         if decision.verdict is Verdict.AGAIN:
+            self.unsettled[digest] = outcome
             return {}
-        stats, self.unsettled = self.policy.observe(self.unsettled), None
+        del self.unsettled[digest]
+        stats = self.policy.observe(outcome)
         self._save_policy()
         return stats
 
@@ -406,41 +466,78 @@ class ResearchLoop:
         self.policy.witness(edits.knobs(source), result.val_bpb if result.status is Status.OK else None)
         self._save_policy()
 
-    def _experiment(self, source: str, seed: int | None, *, policy: str, description: str, diff: str,
-                    stop_rule: bool = False) -> tuple[RunResult, _Watch] | None:
-        """Run one experiment (the stop rule watching, if asked). A contended run is recorded but not judged, and
-        run again once the machine is quiet, up to contended_reruns times; after that None (the loop pauses)."""
+    def _experiment(self, job: Job) -> tuple[RunResult, list, float | None] | None:
+        """Run one experiment (the stop rule watching a new idea, once there is an incumbent to compare with): the
+        result, the stop rule's decisions and its last forecast. A contended run is recorded but not judged, and run
+        again once the machine is quiet, up to contended_reruns times; after that None (the loop pauses)."""
         attempts = 1 + self.config.contended_reruns
         for attempt in range(1, attempts + 1):
-            watch = self._watch(stop_rule=stop_rule)
-            result = self._slowed(self.environment(source, self._experiment_dir(), self._harness(seed), monitor=watch),
-                                  source)
+            watch = _Watch(self._stopper(job), self._emit)
+            result = self.environment(job.source, self._experiment_dir(), self._harness(job.seed), monitor=watch)
+            result = self._slowed(result, job.source)
             if result.status is not Status.CONTENDED:
-                return result, watch
-            self._record(result, Decision(Verdict.DROP, None, self.repo.head()), policy=policy, source=source,
-                         description=f"{description} (contended: attempt {attempt} of {attempts})", diff=diff,
-                         reward=Reward(0.0, {}), stats={})
-            self._emit({"event": "contended", "attempt": attempt, "attempts": attempts})
+                return result, [d.to_json() for d in watch.decisions], watch.last_prediction
+            self._record_contended(job, result, attempt, attempts)
             if attempt < attempts and not self._stopping():
                 self.say(f"waiting up to {self.config.quiet_wait:g} s for the machine to be quiet, then the same "
                          "experiment again")
                 wait_until_quiet(self.config.contention_limit, self.config.quiet_wait,
                                  give_up=self._stopping)
+        self.contended = self._contended_reason(attempts, result)
+        return None
+
+    def _record_contended(self, job: Job, result: RunResult, attempt: int, attempts: int) -> None:
+        self._record(result, Decision(Verdict.DROP, None, self.repo.head()), job,
+                     description=f"{job.description} (contended: attempt {attempt} of {attempts})",
+                     reward=Reward(0.0, {}), stats={})
+        self._emit({"event": "contended", "attempt": attempt, "attempts": attempts})
+
+    def _contended_reason(self, attempts: int, result: RunResult) -> str:
         users = [f"{name}: {cores:.2f} cores" for name, cores in busiest()]
         if result.fingerprint.get("device") == "cuda":
             users += [f"on its GPU: {what}" for what in foreign_gpu_processes().values()]
         users = ", ".join(users) or "no one now"
-        self.contended = (f"paused: {attempts} runs in a row could not get the machine to themselves (using it: "
-                          f"{users}); free it, then run the same command again to resume")
-        return None
+        return (f"paused: {attempts} runs in a row could not get the machine to themselves (using it: {users}); free "
+                "it, then run the same command again to resume")
 
-    def _slowed(self, result: RunResult, source: str) -> RunResult:
-        """The result, contended if this train.py ran before and this run made clearly fewer steps per second than
-        its earlier runs did (their median): the machine was not the one they had."""
+    def _stopper(self, job: Job) -> EarlyStopper | None:
+        """The stop rule a new idea's run is watched by (once there is an incumbent to compare with), else None."""
+        reference = self.state.stop_reference(self.budget) if job.kind not in (NOISE_POLICY, CONFIRM_POLICY) else None
+        rule = self.state.stop_rule
+        return EarlyStopper(rule, reference) if rule is not None and reference is not None else None
+
+    def _check_environment(self) -> None:
+        """A run measured in one environment goes on only in the same one (the real harness's: a stand-in world
+        has its own): the kit's code, torch, the device and the data as the first measured record had them."""
+        if self.environment is not run_experiment or (reference := self._reference_fingerprint()) is None:
+            return
+        import prepare
+
+        profile = prepare.get_profile(self.config.profile)
+        here = {**prepare.fingerprint(profile, self.budget, prepare.get_device()), **environment(prepare.get_device())}
+        if why := fingerprint_differs(reference, here):
+            raise ResumeError(f"{self.run_dir} was measured in another environment ({why}, now against then): its "
+                              "results cannot be compared with new ones; start a new --run-dir, or go back to the "
+                              "environment it was measured in")
+
+    def _reference_fingerprint(self) -> dict | None:
+        """The environment this run's results are compared in: its first measured record's."""
+        return next((r.fingerprint for r in self.state.records if r.fingerprint and r.status != Status.CONTENDED),
+                    None)
+
+    def _running(self) -> set[str]:
+        """Code hashes of experiments running now (none here: one runs at a time, and it is not proposing then)."""
+        return set()
+
+    def _slowed(self, result: RunResult, source: str, worker: str | None = None) -> RunResult:
+        """The result, contended if this train.py ran before (on the same worker, where several run) and this run made
+        clearly fewer steps per second than its earlier runs did (their median): the machine was not the one they
+        had."""
         pace = result.timings.get("steps_per_second")
         digest = code_hash(source)
         earlier = [r.timings["steps_per_second"] for r in self.state.records if r.code_hash == digest
-                   and r.status in (Status.OK, Status.PRUNED) and r.timings.get("steps_per_second")]
+                   and r.status in (Status.OK, Status.PRUNED) and r.timings.get("steps_per_second")
+                   and r.policy_stats.get("worker") == worker]
         if result.status not in (Status.OK, Status.PRUNED) or not pace or not earlier:
             return result
         typical = statistics.median(earlier)
@@ -487,7 +584,7 @@ class ResearchLoop:
     def _decide(self, policy: str, result: RunResult, source: str, description: str) -> Decision:
         """Judge a finished run and, if it won, keep it: the one place where the incumbent changes. A kept noise-floor
         run is the baseline's own commit; a kept edit is a new commit on the branch."""
-        verdict = self.state.verdict(policy, result.status, result.val_bpb)
+        verdict = self.state.verdict(policy, result.status, result.val_bpb, code_hash(source))
         parent = self.repo.head()
         if verdict is not Verdict.KEEP:
             return Decision(verdict, None, parent)
@@ -540,19 +637,19 @@ class ResearchLoop:
 
     # records, stops and events ------------------------------------------------------------------------------------
 
-    def _record(self, result: RunResult, decision: Decision, *, policy: str, source: str, description: str,
-                diff: str, reward: Reward, stats: dict, predictions: list | None = None) -> None:
+    def _record(self, result: RunResult, decision: Decision, job: Job, *, description: str, reward: Reward,
+                stats: dict, predictions: list | None = None) -> None:
         """Append the experiment to the ledger (durable on return) and take it into the state; say so."""
-        record = Record(iteration=len(self.state.records) + 1, policy=policy, description=description, diff=diff,
+        record = Record(iteration=len(self.state.records) + 1, policy=job.kind, description=description, diff=job.diff,
                         parent_commit=decision.parent, commit=decision.commit, status=result.status.value,
                         reason=result.reason, val_bpb=result.val_bpb, reward=reward.total, reward_parts=reward.parts,
                         accepted=decision.verdict is Verdict.KEEP, curve=list(result.curve),
                         predictions=predictions or [], timings=result.timings, policy_stats=stats,
                         fingerprint=result.fingerprint, peak_mem_mb=result.peak_mem_mb,
                         training_seconds=result.training_seconds, total_seconds=result.total_seconds,
-                        seed=result.seed, code_hash=code_hash(source), created=time.time())
+                        seed=result.seed, code_hash=code_hash(job.source), created=time.time())
         self.ledger.append(record)
-        self.state.add(record, source)
+        self.state.add(record, job.source)
         self._mirror(self.state.records)
         near = self.state.near_miss
         if near is not None:  # for a person to look at; a resume finds the near miss in the ledger

@@ -110,6 +110,16 @@ def foreign_gpu_processes() -> dict[int, str]:
             if len(row) >= 4 and row[0] == ours and row[1].isdigit() and int(row[1]) not in mine}
 
 
+def gpu_name() -> str:
+    """The name of the GPU this process's children use (the first of CUDA_VISIBLE_DEVICES, else GPU 0), asked of
+    nvidia-smi so that the asking process makes no CUDA context of its own; "unknown" without it."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+    for row in _nvidia_smi("--query-gpu=index,uuid,name"):
+        if len(row) >= 3 and visible in (row[0], row[1]):
+            return ", ".join(row[2:])
+    return "unknown"
+
+
 def _nvidia_smi(query: str) -> list[list[str]]:
     """nvidia-smi's CSV answer to one query, split into fields; empty if it is missing or fails."""
     try:

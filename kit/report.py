@@ -162,6 +162,20 @@ def best_single_run(measured: list[Record], kept_code: str | None) -> list[str]:
     return [line, ""]
 
 
+def throughput(records: list[Record]) -> str | None:
+    """Experiments run per wall-clock hour, from the start of the first to the last record, and how many each
+    worker ran where several did (their names are in the records); None before two have run."""
+    ran = [r for r in records if r.total_seconds > 0 and r.created]
+    if len(ran) < 2:
+        return None
+    hours = (ran[-1].created - ran[0].created + ran[0].total_seconds) / 3600
+    text = f"{len(ran) / hours:.1f} experiments per hour"
+    workers = Counter(r.policy_stats.get("worker") for r in ran if r.policy_stats.get("worker"))
+    if len(workers) > 1:
+        text += f" on {len(workers)} workers (" + ", ".join(f"{w}: {n}" for w, n in sorted(workers.items())) + ")"
+    return text
+
+
 def summary_markdown(records: list[Record]) -> str:
     """A short report: what train.py is now against the baseline (means, with the noise floor's spread), the best
     single run labelled as one, counts, time spent."""
@@ -176,6 +190,8 @@ def summary_markdown(records: list[Record]) -> str:
         lines += [f"Time: {duration(sum(r.training_seconds for r in records))} training, "
                   f"{duration(sum(r.total_seconds for r in records))} in runs, {duration(span)} from the first "
                   "record to the last.", ""]
+        if rate := throughput(records):
+            lines += [f"Throughput: {rate}.", ""]
         policies = Counter(r.policy for r in records)
         lines += ["Policies: " + ", ".join(f"{name} {count}" for name, count in policies.items()) + ".", ""]
         prints = {json.dumps(r.fingerprint, sort_keys=True) for r in records if r.fingerprint}

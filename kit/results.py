@@ -2,7 +2,9 @@
 
 Owns: `Status` and `FAILURES` (the one place the failure set is written), `RunResult` (one experiment's outcome,
 whoever produced it), `HarnessConfig` (how one experiment is to be run), the `Monitor` and `Environment` protocols,
-and `CurveStream`, the one way a learning curve is fed point by point to a monitor that may stop the run.
+`CurveStream`, the one way a learning curve is fed point by point to a monitor that may stop the run, and the
+environment's fingerprint beyond the frozen side's (`environment`: the kit's code, CUDA, the device's name) with the
+one comparison of two fingerprints (`fingerprint_differs`).
 Does not own: producing results (kit/harness.py runs train.py; kit/bench/ has stand-in worlds), deciding on them
 (kit/loop.py), or storing them (kit/ledger.py).
 """
@@ -10,6 +12,8 @@ Does not own: producing results (kit/harness.py runs train.py; kit/bench/ has st
 from __future__ import annotations
 
 import enum
+import functools
+import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -137,3 +141,38 @@ class CurveStream:
             if self.add(t, loss):
                 return self.stop_reason
         return None
+
+
+@functools.cache
+def environment(device: str) -> dict:
+    """What, beyond prepare.fingerprint, must match for two runs to be compared: a hash of the kit's own code (the
+    harness measures), the CUDA build and the accelerator's name. Every worker's results carry it, so runs from
+    differently set up machines are never judged against each other."""
+    import torch
+
+    from kit.machine import gpu_name
+
+    kit = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(kit.rglob("*.py")):
+        digest.update(path.relative_to(kit).as_posix().encode() + b"\0" + path.read_bytes())
+    name = gpu_name() if device == "cuda" else cpu_name()
+    return {"kit_sha256": digest.hexdigest()[:16], "cuda": torch.version.cuda or "none", "device_name": name}
+
+
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
+def fingerprint_differs(reference: dict | None, fingerprint: dict) -> str | None:
+    """How fingerprint differs from reference, in one line, or None when they match (keys only one of them has are
+    not compared: records written before a key existed still resume)."""
+    if not reference:
+        return None
+    changed = [f"{key} {fingerprint[key]} vs {reference[key]}" for key in sorted(reference.keys() & fingerprint.keys())
+               if fingerprint[key] != reference[key]]
+    return ", ".join(changed) or None

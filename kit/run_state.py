@@ -3,9 +3,10 @@ each new record through the same path, so a resumed loop knows exactly what an u
 
 Owns: what a record means to the loop (the noise-floor and confirmation policies, the ok runs of a train.py),
 the memory the policies see, the noise floor, the incumbent (the train.py last kept, judged by the mean of its ok
-runs), the near miss waiting for its re-runs, the train.py of every ok agent run (where a catalog policy goes on
-once the incumbent's edits are used up), the failures in a row, and the stop rule's lessons from finished runs;
-and the verdict on a new run (kit/acceptance.py's rule, applied to this state).
+runs), the near misses waiting for their re-runs (one at a time, or several when workers run at once), the train.py
+of every ok agent run (where a catalog policy goes on once the incumbent's edits are used up), the failures in a
+row, and the stop rule's lessons from finished runs; and the verdict on a new run (kit/acceptance.py's rule,
+applied to this state).
 Does not own: running anything, git or the ledger (kit/loop.py), the rule itself (kit/acceptance.py).
 """
 
@@ -70,7 +71,7 @@ class RunState:
         self.memory = Memory()
         self.noise_values: list[float] = []
         self.incumbent: Incumbent | None = None
-        self.near_miss: NearMiss | None = None
+        self.near_misses: dict[str, NearMiss] = {}  # code hash -> a near miss waiting for re-runs, oldest first
         self.sources: dict[str, tuple[str, str]] = {}  # code hash -> (train.py, description) of ok agent runs
         self.failures = 0  # failed runs in a row
 
@@ -94,18 +95,25 @@ class RunState:
         return sum(r.policy == NOISE_POLICY and r.status != Status.CONTENDED for r in self.records)
 
     @property
+    def near_miss(self) -> NearMiss | None:
+        """The oldest near miss still waiting for its re-runs, or None."""
+        return next(iter(self.near_misses.values()), None)
+
+    @property
     def incumbent_mean(self) -> float | None:
         return self.incumbent.mean if self.incumbent is not None else None
 
-    def verdict(self, policy: str, status: str, val_bpb: float | None) -> Verdict:
+    def verdict(self, policy: str, status: str, val_bpb: float | None, digest: str | None = None) -> Verdict:
         """What the loop does with a run that just ended: keep it, run it again (a near miss), or drop it. The first
-        ok noise-floor run is kept (it becomes the incumbent); the others only join its mean."""
+        ok noise-floor run is kept (it becomes the incumbent); the others only join its mean. digest: the code hash
+        of a re-run, whose near miss's earlier runs count with it (default: the oldest near miss's)."""
         ok = status == Status.OK and val_bpb is not None
         if policy == NOISE_POLICY:
             return Verdict.KEEP if ok and self.incumbent is None else Verdict.DROP
         if not ok or self.incumbent is None:
             return Verdict.DROP
-        runs = self.near_miss.values if policy == CONFIRM_POLICY and self.near_miss is not None else []
+        near = self.near_misses.get(digest) if digest is not None else self.near_miss
+        runs = near.values if policy == CONFIRM_POLICY and near is not None else []
         return self.acceptance.verdict([*runs, val_bpb], self.incumbent.values)
 
     def stop_reference(self, budget: float) -> Reference | None:
@@ -128,9 +136,9 @@ class RunState:
         if record.status == Status.CONTENDED:  # never judged: it changes nothing but the count of records
             self.records.append(record)
             return
-        verdict = self.verdict(record.policy, record.status, record.val_bpb)  # as the loop judged it
+        verdict = self.verdict(record.policy, record.status, record.val_bpb, record.code_hash)  # as the loop judged it
         ok = record.status == Status.OK and record.val_bpb is not None
-        near_miss = self.near_miss
+        near_miss = self.near_misses.get(record.code_hash)
         self.records.append(record)
         self.memory.add(Experiment(index=record.iteration, code_hash=record.code_hash,
                                    description=record.description, status=record.status,
@@ -149,11 +157,11 @@ class RunState:
             if near_miss is not None and ok:
                 near_miss.values.append(record.val_bpb)
             if verdict is not Verdict.AGAIN or record.accepted:
-                self.near_miss = None
+                self.near_misses.pop(record.code_hash, None)
         elif record.policy != NOISE_POLICY:
-            again = verdict is Verdict.AGAIN and not record.accepted and source is not None
-            self.near_miss = NearMiss(source, record.description, record.diff, [record.val_bpb],
-                                      tuple(map(tuple, record.curve))) if again else None
+            if verdict is Verdict.AGAIN and not record.accepted and source is not None:
+                self.near_misses[record.code_hash] = NearMiss(source, record.description, record.diff,
+                                                              [record.val_bpb], tuple(map(tuple, record.curve)))
             if ok and source is not None:
                 self.sources[record.code_hash] = (source, record.description)
         if self.stop_rule is not None and ok and record.curve:

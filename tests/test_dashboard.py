@@ -163,3 +163,30 @@ def test_live_mode_runs_the_loop_in_the_background_and_shows_the_dashboard(tmp_p
     assert live.thread.is_alive()
     live.dashboard.stop()
     assert live.wait(timeout=60).startswith("stopped by the stop file")
+
+
+def test_with_several_workers_the_dashboard_shows_each_running_experiment(tmp_path: Path):
+    write_status(tmp_path, LoopStatus.running(StopConditions(iterations=12)))
+    first = tmp_path / "experiments" / "running-aaaa"
+    first.mkdir(parents=True)
+    (first / "train.log").write_text("".join(
+        f"@progress {json.dumps({'step': i, 't': i * 0.5, 'loss': 3.0 - 0.01 * i, 'tokens': i})}\n" for i in range(1, 11)))
+    now = time.time()
+    jobs = [{"key": "aaaa", "state": "running", "worker": "host cores 0", "description": "MATRIX_LR ×1.25",
+             "started": now - 65, "dir": str(first)},
+            {"key": "bbbb", "state": "running", "worker": "host cores 1", "description": "DEPTH +1",
+             "started": now - 5, "dir": str(tmp_path / "experiments" / "running-bbbb")},
+            {"key": "cccc", "state": "queued", "worker": "", "description": "baseline", "started": None, "dir": ""}]
+    (tmp_path / "running.json").write_text(json.dumps({"workers": ["host cores 0", "host cores 1"], "jobs": jobs}))
+    with Ledger(tmp_path) as ledger:
+        ledger.append(dataclasses.replace(record(1, "ok", 2.70, accepted=True, policy="noise-floor"), created=now - 200,
+                                          policy_stats={"worker": "host cores 0"}))
+        ledger.append(dataclasses.replace(record(2, "ok", 2.72), created=now - 130,
+                                          policy_stats={"worker": "host cores 1"}))
+        dashboard = Dashboard(tmp_path, budget=60.0)
+        text = dashboard.text.value
+        assert "host cores 0: MATRIX_LR ×1.25 (0h 01m" in text and "host cores 1: DEPTH +1 (0h 00m" in text
+        assert "baseline" not in text.split("PPO:")[1]  # a queued one is not running
+        assert "experiments per hour on 2 workers" in text
+        assert dashboard.snapshot.running_dir == first and len(dashboard.snapshot.running_curve) == 10
+        dashboard.close()

@@ -33,7 +33,8 @@ def test_baseline_runs_ok_with_a_finite_val_bpb(smoke_data, baseline_source, tmp
     # its pace by the harness's clock, first progress line to last: what a later run of the same code is held to
     between = result.timings["last_progress"] - result.timings["first_progress"]
     assert result.timings["steps_per_second"] == pytest.approx((result.num_steps - 1) / between, rel=0.01)
-    assert set(result.fingerprint) == {"profile", "budget", "prepare_sha256", "data_sha256", "torch", "device"}
+    assert set(result.fingerprint) == {"profile", "budget", "prepare_sha256", "data_sha256", "torch", "device",
+                                       "kit_sha256", "cuda", "device_name"}
     recorded = json.loads((tmp_path / "run" / "result.json").read_text())
     assert recorded["status"] == "ok" and recorded["val_bpb"] == result.val_bpb
     log = (tmp_path / "run" / "run.log").read_text().splitlines()

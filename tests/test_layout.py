@@ -9,9 +9,9 @@ import pytest
 
 from .helpers import REPO
 
-CORE = ["kit.cli", "kit.loop", "kit.harness", "kit.dashboard", "kit.checkup", "kit.convergence", "kit.ablation",
-        "kit.mirror", "kit.report_html", "kit.policies.operator", "kit.policies.search", "kit.policies.samplers",
-        "kit.policies.llm"]
+CORE = ["kit.cli", "kit.loop", "kit.parallel", "kit.workers", "kit.harness", "kit.dashboard", "kit.checkup",
+        "kit.convergence", "kit.ablation", "kit.mirror", "kit.report_html", "kit.policies.operator",
+        "kit.policies.search", "kit.policies.samplers", "kit.policies.llm"]
 
 
 def test_the_core_loads_no_module_of_kit_bench():

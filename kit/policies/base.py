@@ -55,6 +55,8 @@ class Proposal:
     candidate: str | None = None  # a whole new train.py (language-model policies), or None
     error: str | None = None  # why no train.py could be made of what the policy wrote (a rejected record)
     tokens: dict | None = None  # what a language-model policy needs to learn from this proposal
+    seen: np.ndarray | None = None  # a learning policy's network input when it proposed: with several workers its
+    # outcome comes back after others changed the policy's memory, and PPO's ratio must use what it saw
 
 
 @dataclass(frozen=True)

@@ -231,12 +231,13 @@ class OperatorPolicy(nn.Module, Policy):
             action, logprob, _, value = self.get_action_and_value(obs.to(device),
                                                                   mask=torch.as_tensor(mask)[None].to(device))
         action, logprob, value = int(action.item()), float(logprob.item()), float(value.item())
+        seen = obs[0].numpy()
         if action == self.catalog_size:
             sampled = self.sampler.propose(state)
-            proposal = dataclasses.replace(sampled, action=action, logprob=logprob, value=value)
+            proposal = dataclasses.replace(sampled, action=action, logprob=logprob, value=value, seen=seen)
             self.asked.append((proposal, self.sampler.instead(proposal, replaced=False)))
             return proposal
-        proposal = edit_proposal(state, action, logprob, value)
+        proposal = dataclasses.replace(edit_proposal(state, action, logprob, value), seen=seen)
         if self.sampler is not None and (values := self._values_of(state.source, proposal)) is not None:
             self.sampler.propose(state)  # the trial of CMA-ES whose place the edit takes
             told = Proposal(edit=None, values=values, action=None, logprob=0.0, value=0.0,
@@ -277,7 +278,9 @@ class OperatorPolicy(nn.Module, Policy):
                 del self.asked[i]
                 self.sampler.observe(dataclasses.replace(outcome, proposal=told))
                 break
-        acted_on = self.remembering(outcome.state.observation)  # as it proposed: the memory changes only now
+        # the input it proposed from (the importance ratio of a late outcome, proposed before others were learned
+        # from, is taken against it); a proposal from before a resume has none and is seen as the memory is now
+        acted_on = p.seen if p.seen is not None else self.remembering(outcome.state.observation)
         self._remember(outcome)
         return self.rollout.add(acted_on, p.action, p.logprob, p.value, outcome.reward, self._mask(outcome.state),
                                 lambda: self.remembering(outcome.next_observation()))

@@ -102,8 +102,10 @@ class SamplerPolicy(Policy):
                 self._tell(trial, p.values, value if value is not None and math.isfinite(value) else None,
                            outcome.pruned and self.config.pruned_as == "pruned")
                 return {}
-        raise ValueError(f"{self.name} did not propose this (or was already told about it): "
-                         f"{outcome.proposal.description}")
+        # proposed before a resume (its trial went with the process): what it found joins the study all the same
+        if outcome.proposal.values is not None and not outcome.duplicate and not outcome.pruned:
+            self._add_finished(outcome.proposal.values, outcome.val_bpb)
+        return {}
 
     def _tell(self, trial: optuna.Trial, values: dict[str, Any], value: float | None, pruned: bool) -> None:
         """The asked trial's end: its value, FAIL (None) for a run that gave none, or PRUNED at its forecast."""
@@ -127,7 +129,9 @@ class SamplerPolicy(Policy):
     def witness(self, knobs: list[Hyperparameter], val_bpb: float | None) -> None:
         """A finished run it did not propose becomes a finished trial of the study (train.py's values outside their
         declared ranges are no point of this search space, and a failed run says nothing about one)."""
-        values = {k.name: k.value for k in knobs}
+        self._add_finished({k.name: k.value for k in knobs}, val_bpb)
+
+    def _add_finished(self, values: dict[str, Any], val_bpb: float | None) -> None:
         if val_bpb is None or not math.isfinite(val_bpb) or not set(self.distributions) <= set(values):
             return
         params = {name: values[name] for name in self.distributions}

@@ -149,3 +149,18 @@ def test_a_pruned_run_is_told_as_its_forecast_or_as_optunas_pruned_state():
     assert told["pruned"] == [("PRUNED", 1.3, {0: 1.3}), ("COMPLETE", 1.1, {})]
     with pytest.raises(ValueError, match="pruned_as"):
         SamplerConfig(pruned_as="ignored")
+
+
+@pytest.mark.parametrize("name", ["tpe", "cmaes"])
+def test_an_outcome_proposed_before_a_resume_joins_the_study(name):
+    """With several workers a resumed loop runs again what was running, and tells the sampler its outcome: a
+    proposal whose trial went with the old process becomes a finished trial instead."""
+    knobs = parse_hyperparameters(QUADRATIC)
+    state = State(QUADRATIC, [], np.zeros(0, bool), np.zeros(0, np.float32), knobs)
+    before = _sampler(name, knobs)
+    proposal = before.propose(state)
+    resumed = _sampler(name, knobs)
+    resumed.load_state_dict(json.loads(json.dumps(before.state_dict())))
+    tell(resumed, state, proposal, 0.5)
+    finished = [t for t in resumed.study.trials if t.state.name == "COMPLETE"]
+    assert len(finished) == 1 and finished[0].value == 0.5 and finished[0].params == proposal.values
