@@ -17,6 +17,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -54,7 +55,8 @@ def measure(workers: int, args: argparse.Namespace, root: Path) -> dict:
         pool.close()
     statuses = [r.status for r in loop.state.records]
     return {"workers": workers, "experiments": len(statuses), "wall": wall, "per_hour": len(statuses) / wall * 3600,
-            "driver_ms": 1000 * loop.busy_seconds / max(loop.collected, 1), "shared": shared,
+            "driver_ms": 1000 * statistics.median(loop.per_result), "driver_mean_ms": 1000 * loop.busy_seconds /
+            max(loop.collected, 1), "shared": shared,
             "contended": statuses.count("contended"), "ok": statuses.count("ok"), "reason": reason,
             "others": watch.others_share, "where": sorted(set(pool.where))}
 
@@ -85,14 +87,15 @@ def main() -> int:
         f"{args.budget:g} s of training each.",
         "",
         "| workers | cores each | experiments | wall time | experiments per hour | × one worker | ideal × | "
-        "driver ms per result | other CPU use |",
+        "driver ms per result (median; mean) | other CPU use |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ideal = min(r["workers"], cores // args.cores_per_worker)
         lines.append(f"| {r['workers']} | {args.cores_per_worker}{' (shared)' if r['shared'] else ''} | "
                      f"{r['experiments']} | {r['wall']:.0f} s | {r['per_hour']:.0f} | "
-                     f"{r['per_hour'] / one['per_hour']:.2f} | {ideal} | {r['driver_ms']:.1f} | {r['others']:.1%} |")
+                     f"{r['per_hour'] / one['per_hour']:.2f} | {ideal} | "
+                     f"{r['driver_ms']:.0f}; {r['driver_mean_ms']:.0f} | {r['others']:.1%} |")
     lines += ["", "Workers as they named themselves: " + "; ".join(
         f"{r['workers']}: " + ", ".join(r["where"]) for r in rows) + ".", ""]
     text = "\n".join(lines) + "\n"

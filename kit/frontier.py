@@ -24,14 +24,18 @@ class Frontier:
         self.catalog = catalog
         self._neighbours: dict[str, list[str | None]] = {}  # code hash -> each edit's result's code hash
 
-    def untried(self, source: str, state: RunState) -> np.ndarray:
-        """Catalog edits of source that apply and would run code never run before."""
+    def neighbours(self, source: str) -> list[str | None]:
+        """The code hash of what each catalog edit makes of source (None where it does not apply)."""
         key = code_hash(source)
         if key not in self._neighbours:  # one parse per edit, once per train.py a policy is shown
             applies = edits.edit_mask(source, self.catalog)
             self._neighbours[key] = [code_hash(edits.apply_edit(source, e)) if ok else None
                                      for e, ok in zip(self.catalog, applies, strict=True)]
-        return np.array([h is not None and not state.memory.is_duplicate(h) for h in self._neighbours[key]])
+        return self._neighbours[key]
+
+    def untried(self, source: str, state: RunState) -> np.ndarray:
+        """Catalog edits of source that apply and would run code never run before."""
+        return np.array([h is not None and not state.memory.is_duplicate(h) for h in self.neighbours(source)])
 
     def base(self, incumbent: str, state: RunState) -> tuple[str, str, np.ndarray]:
         """The train.py to edit, what it is ("" for the incumbent), and the mask of its edits not yet run."""

@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import shutil
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kit import edits
 from kit.acceptance import Verdict
 from kit.loop import RUNNING_FILE, Decision, Job, LoopConfig, ResearchLoop, new_key, print_line
 from kit.memory import code_hash
@@ -57,6 +57,8 @@ class ParallelLoop(ResearchLoop):
         self.ending: str | None = None  # why the loop stops, once it has to: it ends when the running ones are in
         self.held = False
         self.busy_seconds, self.collected = 0.0, 0  # the driver's own time, and the results it took in
+        self.per_result: list[float] = []  # the driver's time of each turn that took results in, per result
+        self._last_fill = 0.0
         self.queue: list[Job] = self._requeue()
 
     # the loop ---------------------------------------------------------------------------------------------------
@@ -70,7 +72,8 @@ class ParallelLoop(ResearchLoop):
         # 2. every free worker gets the next experiment, unless the loop holds, stops or must pause
         if self.ending is None and not self._holding():
             self._fill()
-        self.busy_seconds += time.perf_counter() - timer
+        self._last_fill = time.perf_counter() - timer
+        self.busy_seconds += self._last_fill
         if not self.running:
             if self.ending is not None:
                 return self.ending
@@ -78,12 +81,16 @@ class ParallelLoop(ResearchLoop):
                 time.sleep(POLL_SECONDS)
                 return None
             return self._pause_reason()  # 4. nothing runs and nothing may start: failures or a busy machine
-        # 3. take in what finished, in the order it finished
-        for done in self.workers.wait(POLL_SECONDS):
-            timer = time.perf_counter()
-            self._collect(done)
-            self.busy_seconds += time.perf_counter() - timer
-            self.collected += 1
+        # 3. take in what finished, in the order it finished (the next turn starts what the freed workers run)
+        done = self.workers.wait(POLL_SECONDS)
+        timer = time.perf_counter()
+        for finished in done:
+            self._collect(finished)
+        if done:
+            spent = time.perf_counter() - timer
+            self.busy_seconds += spent
+            self.collected += len(done)
+            self.per_result.append((spent + self._last_fill) / len(done))
         return None
 
     def _fill(self) -> None:
@@ -197,12 +204,7 @@ class ParallelLoop(ResearchLoop):
         running = self._running()
         if not running or not self.policy.edits_catalog:
             return base, description, mask
-        free = np.array(mask, dtype=bool)
-        for i in np.flatnonzero(free):
-            try:
-                free[i] = code_hash(edits.apply_edit(base, self.catalog[i])) not in running
-            except edits.EditError:
-                pass
+        free = np.array(mask, dtype=bool) & np.array([h not in running for h in self.frontier.neighbours(base)])
         return base, description, free if free.any() else mask
 
     def _limit_reached(self) -> bool:
@@ -289,9 +291,9 @@ def run_parallel_loop(config: LoopConfig, workers: int, *, address: str | None =
         loop = ParallelLoop(config, pool, on_event, say)
         try:
             reason = loop.run()
-            if loop.collected:
-                say(f"the driver's own time: {1000 * loop.busy_seconds / loop.collected:.1f} ms per result "
-                    f"({loop.collected} results, {len(pool.where)} workers)")
+            if loop.per_result:
+                say(f"the driver's own time: {1000 * statistics.median(loop.per_result):.0f} ms per result (median; "
+                    f"{loop.collected} results, {len(pool.where)} workers)")
             return reason
         finally:
             loop.close()
