@@ -160,6 +160,7 @@ def _loop(args: argparse.Namespace) -> int:
     from kit.policies.pretrained import WeightsMismatch
     from kit.reward import RewardConfig
     from kit.stopping import StopConditions
+    from kit.workers import WorkersUnavailable
 
     options = given(args, LoopConfig)
     policy = options.get("policy", default(LoopConfig, "policy"))
@@ -183,7 +184,7 @@ def _loop(args: argparse.Namespace) -> int:
             reason = run_parallel_loop(config, args.workers, address=address, cores=cores)
         else:
             reason = run_loop(config)
-    except (LedgerLocked, ResumeError, WeightsMismatch) as error:
+    except (LedgerLocked, ResumeError, WeightsMismatch, WorkersUnavailable) as error:
         raise UsageError(str(error)) from None
     print(f"{reason}\nreport: {Path(config.run_dir) / 'summary.md'}, results.tsv, progress.png, report.html")
     return 0

@@ -29,6 +29,10 @@ START_SECONDS = 300.0  # how long a slot may take to start (Ray finds it a place
 PASSED_ENVIRONMENT = ("AUTORESEARCH_",)  # prefixes of the driver's variables a slot takes on (where the data is, ...)
 
 
+class WorkersUnavailable(RuntimeError):
+    """Ray or its workers could not be had; the message says what to do."""
+
+
 @dataclass(frozen=True)
 class Work:
     """What a slot runs: one train.py with the harness (or a stand-in world), watched by a stop rule."""
@@ -141,8 +145,8 @@ class RayWorkers:
         try:
             import ray
         except ImportError:
-            raise RuntimeError("--workers above 1 runs experiments on Ray, which is not installed: pip install "
-                               "'ray==2.60.0' (requirements.txt pins it)") from None
+            raise WorkersUnavailable("--workers above 1 runs experiments on Ray, which is not installed: pip install "
+                                     "'ray==2.60.0' (requirements.txt pins it)") from None
         from kit.harness import run_experiment
 
         self.ray, self.slots, self.say, self.address = ray, slots, say, address
@@ -153,8 +157,13 @@ class RayWorkers:
         if self.started_ray:
             with contextlib.redirect_stderr(open(os.devnull, "w")):  # noqa: SIM115 - Ray's banner, not ours to show
                 local = {} if address else {"num_cpus": max(local_cpus, slots * self.cores)}
-                ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, **local)
+                try:
+                    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                             configure_logging=False, **local)
+                except Exception as error:  # noqa: BLE001 - Ray's reasons are many; the user needs one line
+                    why = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+                    raise WorkersUnavailable(f"Ray could not be started or joined ({address or 'this machine'}): "
+                                             f"{why}; check --ray-address (`ray status` on the head node)") from None
         self.gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         if not self.gpus and address is None and slots * self.cores > local_cpus:
             say(f"{slots} workers of {self.cores} core(s) on a machine with {local_cpus}: they share cores, so their "
@@ -180,10 +189,10 @@ class RayWorkers:
             return self.ray.get(actor.describe.remote(), timeout=START_SECONDS)
         except self.ray.exceptions.GetTimeoutError:
             need = "a GPU" if self.gpus else f"{self.cores} CPU(s)"
-            raise RuntimeError(f"a Ray worker did not start within {START_SECONDS:g} s: does the cluster have {need} "
-                               f"free for each of the {self.slots} workers? (`ray status` tells)") from None
+            raise WorkersUnavailable(f"a Ray worker did not start within {START_SECONDS:g} s: does the cluster have "
+                                     f"{need} free for each of the {self.slots} workers? (see `ray status`)") from None
         except self.ray.exceptions.RayError as error:
-            raise RuntimeError(f"a Ray worker could not start: {' '.join(str(error).split())[:300]}") from None
+            raise WorkersUnavailable(f"a Ray worker could not start: {' '.join(str(error).split())[:300]}") from None
 
     def free(self) -> list[int]:
         """Slots with nothing running."""

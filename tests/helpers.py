@@ -4,6 +4,7 @@ configs, records, and telling a policy an outcome."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -56,6 +57,18 @@ def loop_config(tmp_path, iterations: int | None = None, **overrides) -> LoopCon
     return LoopConfig(**{"run_dir": tmp_path / "run", "profile": "smoke", "policy": "random",
                          "early_stopping": "none", "train_py": TRAIN_PY,
                          "stop": StopConditions(iterations=iterations), **overrides})
+
+
+def processes_naming(marker: str) -> list[int]:
+    """The processes whose command line names marker (a run directory: train.py and its sandbox do)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return found
 
 
 def ledger_records(run_dir) -> list:

@@ -21,7 +21,7 @@ from kit.report import TSV_HEADER
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, runs_of
 from kit.stopping import StopConditions, read_status
 
-from .helpers import REPO, TRAIN_PY, StandIn, flat, ledger_records, loop_config
+from .helpers import REPO, TRAIN_PY, StandIn, flat, ledger_records, loop_config, processes_naming
 
 FAST = ["--profile", "smoke", "--budget", "1.5"]
 
@@ -103,17 +103,6 @@ def test_a_second_loop_on_the_same_run_directory_is_refused(smoke_data, tmp_path
     assert done.stderr.startswith("error: another loop is running on this run directory")
 
 
-def _orphans(marker: str) -> list[int]:
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker in cmdline.read_bytes().decode(errors="replace"):
-                pids.append(int(cmdline.parent.name))
-        except OSError:
-            pass
-    return pids
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing_and_resumes_to_the_same_totals(smoke_data, tmp_path):
     run_dir = tmp_path / "killed"
@@ -127,7 +116,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_to_the_same_totals(
         process.send_signal(signal.SIGKILL)
         process.wait()
         time.sleep(0.5)
-        assert _orphans(str(run_dir)) == [], "a process of the killed loop survived it"
+        assert processes_naming(str(run_dir)) == [], "a process of the killed loop survived it"
         if (run_dir / "ledger.sqlite").exists():
             with Ledger(run_dir, readonly=True) as ledger:
                 now = [(r.iteration, r.code_hash) for r in ledger.records()]

@@ -24,7 +24,7 @@ from kit.results import fingerprint_differs
 from kit.run_state import CONFIRM_POLICY, NOISE_POLICY, RunState
 from kit.workers import Finished, RayWorkers
 
-from .helpers import REPO, ledger_records, loop_config, make_record, ok_result, setup, state_of, tell
+from .helpers import REPO, ledger_records, loop_config, make_record, ok_result, processes_naming, setup, state_of, tell
 
 FAST = ["--profile", "smoke", "--budget", "1.5"]
 
@@ -79,20 +79,6 @@ def _running_keys(run_dir) -> set[str]:
         return set()
 
 
-def _processes_of(marker: str) -> list[int]:
-    """Processes whose command line names marker (the run directory: train.py and its sandbox do)."""
-    found = []
-    for cmdline in os.listdir("/proc"):
-        if cmdline.isdigit():
-            try:
-                with open(f"/proc/{cmdline}/cmdline", "rb") as handle:
-                    if marker.encode() in handle.read():
-                        found.append(int(cmdline))
-            except OSError:
-                pass
-    return found
-
-
 @pytest.mark.slow
 def test_sigkill_of_the_driver_at_random_moments_loses_nothing_and_runs_again_what_ran(smoke_data, tmp_path):
     run_dir = tmp_path / "killed"
@@ -109,9 +95,9 @@ def test_sigkill_of_the_driver_at_random_moments_loses_nothing_and_runs_again_wh
         process.send_signal(signal.SIGKILL)
         process.wait()
         deadline = time.monotonic() + 90  # Ray's processes end with the driver, its agents within a minute
-        while _processes_of(str(run_dir)) and time.monotonic() < deadline:
+        while processes_naming(str(run_dir)) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _processes_of(str(run_dir)) == [], "an experiment of the killed driver ran on"
+        assert processes_naming(str(run_dir)) == [], "an experiment of the killed driver ran on"
         with Ledger(run_dir, readonly=True) as ledger:
             now = [(r.iteration, r.code_hash) for r in ledger.records()]
         assert now[:len(seen)] == seen, "a finished experiment was lost or changed"
